@@ -1,0 +1,347 @@
+"""Configs: dataclasses with TRL's field names, loaded from YAML and validated up front.
+
+A run config has sections `model`, `data`, `rewards`, `train` (GRPOConfig or SFTConfig) and `eval`.
+Every problem is reported as one RlvrError line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlvr.errors import RlvrError, nearest
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how to adapt it."""
+
+    model_name_or_path: str = "smollm2-135m-instruct"  # hub id, local folder, .gguf file, or the bundled demo name
+    gguf_file: str | None = None  # GGUF file name inside model_name_or_path, when that is a folder
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16 (auto: bf16 on CUDA, fp32 on CPU)
+    use_lora: bool = True  # False = full fine-tuning
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    adapter_path: str | None = None  # start from a saved LoRA adapter (e.g. the SFT warm-up's)
+    load_in_4bit: bool = False  # QLoRA through bitsandbytes NF4 (CUDA only)
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        _choice("model.dtype", self.dtype, ("auto", "float32", "float16", "bfloat16"))
+        if self.use_lora and self.lora_rank < 1:
+            raise RlvrError(f"model.lora_rank must be >= 1, got {self.lora_rank}; set e.g. lora_rank: 16")
+
+
+@dataclass
+class DataConfig:
+    """Where the prompts and their verifiable answers come from."""
+
+    dataset: str = "builtin:arithmetic"  # builtin:arithmetic | gsm8k file/hub id | any jsonl/parquet/csv/hub set
+    split: str = "train"
+    subset: str | None = None
+    prompt_column: str = "question"
+    answer_column: str = "answer"
+    answer_format: str = "raw"  # raw | gsm8k (ground truth after '####', commas removed)
+    system_prompt: str | None = None  # None = ask for <reasoning>/<answer> with the tags below
+    reasoning_tag: str = "reasoning"
+    answer_tag: str = "answer"
+    limit: int | None = None  # use at most this many training examples
+    eval_dataset: str | None = None  # held-out set; None = builtin held-out split or the last eval_size rows
+    eval_size: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        _choice("data.answer_format", self.answer_format, ("raw", "gsm8k"))
+        if self.eval_size < 0:
+            raise RlvrError(f"data.eval_size must be >= 0, got {self.eval_size}")
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO training settings; names and defaults follow TRL's GRPOConfig (semantics §1–§8)."""
+
+    output_dir: str = "runs/grpo"
+    seed: int = 42
+    learning_rate: float = 5e-6
+    per_device_train_batch_size: int = 8  # completions, not prompts
+    gradient_accumulation_steps: int = 1
+    steps_per_generation: int | None = None
+    generation_batch_size: int | None = None
+    num_generations: int = 8
+    num_iterations: int = 1
+    max_steps: int = -1  # optimizer steps; -1 = num_train_epochs over the data
+    num_train_epochs: float = 1.0
+    max_prompt_length: int | None = 512
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    stop_strings: list[str] = field(default_factory=list)
+    beta: float = 0.0
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    delta: float | None = None
+    loss_type: str = "dapo"
+    scale_rewards: str | bool = "group"
+    importance_sampling_level: str = "token"
+    mask_truncated_completions: bool = False
+    reward_weights: list[float] | None = None
+    reward_errors: str = "raise"  # raise | skip
+    vllm_importance_sampling_correction: bool = True  # TIS, when the rollout engine reports log-probs
+    vllm_importance_sampling_mode: str = "token_truncate"
+    vllm_importance_sampling_cap: float = 2.0
+    optim: str = "adamw_8bit"  # falls back to adamw_torch when bitsandbytes is missing
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.1
+    max_grad_norm: float = 0.1
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    gradient_checkpointing: bool = False
+    rollout_backend: str = "hf"
+    logprob_chunk_elements: int = 1 << 26
+    logging_steps: int = 1
+    log_completions: bool = True
+    completions_log_steps: int = 10  # write sample completions every N steps
+    save_steps: int = 50
+    save_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
+    report_to: str = "none"
+
+    def validate(self) -> None:
+        if self.num_generations < 2:
+            raise RlvrError(
+                f"train.num_generations must be >= 2 (group-relative advantages need a group), "
+                f"got {self.num_generations}; set num_generations: 8"
+            )
+        if self.steps_per_generation is not None and self.generation_batch_size is not None:
+            raise RlvrError(
+                "train.steps_per_generation and train.generation_batch_size are both set; "
+                "set only one (generation_batch_size = per_device_train_batch_size × steps_per_generation)"
+            )
+        if self.generation_batch_size is not None and self.generation_batch_size % self.per_device_train_batch_size:
+            raise RlvrError(
+                f"train.generation_batch_size ({self.generation_batch_size}) must be a multiple of "
+                f"per_device_train_batch_size ({self.per_device_train_batch_size})"
+            )
+        gen = self.resolved_generation_batch_size
+        if gen % self.num_generations:
+            raise RlvrError(
+                f"train: the generation batch ({gen} completions = per_device_train_batch_size × "
+                f"steps_per_generation) is not divisible by num_generations ({self.num_generations}); "
+                f"make per_device_train_batch_size a multiple of num_generations"
+            )
+        _choice("train.loss_type", self.loss_type, ("grpo", "bnpo", "dr_grpo", "dapo"))
+        _choice("train.scale_rewards", self.scale_rewards, ("group", "batch", "none", True, False))
+        _choice("train.importance_sampling_level", self.importance_sampling_level, ("token", "sequence"))
+        _choice("train.reward_errors", self.reward_errors, ("raise", "skip"))
+        _choice("train.vllm_importance_sampling_mode", self.vllm_importance_sampling_mode,
+                ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"))
+        _choice("train.lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))
+        _choice("train.optim", self.optim, ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adamw"))
+        _choice("train.rollout_backend", self.rollout_backend, ("hf", "native"))
+        for name in ("temperature", "learning_rate", "max_completion_length", "per_device_train_batch_size",
+                     "gradient_accumulation_steps", "num_iterations"):
+            if getattr(self, name) <= 0:
+                raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        if self.delta is not None and self.delta <= 1:
+            raise RlvrError(f"train.delta must be > 1 (it caps the unclipped ratio), got {self.delta}")
+
+    @property
+    def resolved_steps_per_generation(self) -> int:
+        if self.generation_batch_size is not None:
+            return self.generation_batch_size // self.per_device_train_batch_size
+        return self.steps_per_generation or self.gradient_accumulation_steps
+
+    @property
+    def resolved_generation_batch_size(self) -> int:
+        # Single process: world_size is 1.
+        return self.per_device_train_batch_size * self.resolved_steps_per_generation
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm-up on the assistant's tokens only."""
+
+    output_dir: str = "runs/sft"
+    seed: int = 42
+    learning_rate: float = 2e-4
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    max_length: int = 1024
+    optim: str = "adamw_torch"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.03
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+
+    def validate(self) -> None:
+        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+            if getattr(self, name) <= 0:
+                raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        _choice("train.lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: the same problems, seed and sampling for every model compared."""
+
+    num_samples: int = 1  # n completions per problem (pass@k needs n >= k)
+    k: list[int] = field(default_factory=lambda: [1])
+    temperature: float = 1.0
+    top_p: float = 1.0
+    do_sample: bool = False  # greedy by default; sampling when num_samples > 1
+    max_new_tokens: int = 256
+    batch_size: int = 64
+    seed: int = 1234
+    limit: int | None = None
+    output: str | None = None  # JSON result path
+
+    def validate(self) -> None:
+        if any(k < 1 or k > self.num_samples for k in self.k):
+            raise RlvrError(f"eval.k must be in 1..num_samples ({self.num_samples}), got {self.k}")
+        if self.num_samples > 1 and not self.do_sample:
+            raise RlvrError("eval.num_samples > 1 needs do_sample: true (greedy samples are all identical)")
+
+
+@dataclass
+class RunConfig:
+    """A whole run, as one YAML file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: list[str] = field(default_factory=lambda: ["gsm8k"])
+    train: Any = None  # GRPOConfig or SFTConfig, by command
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        for part in (self.model, self.data, self.train, self.eval):
+            if part is not None:
+                part.validate()
+        if not self.rewards:
+            raise RlvrError("rewards: the list is empty; name at least one reward, e.g. rewards: [gsm8k]")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        names = ", ".join(repr(a) for a in allowed)
+        raise RlvrError(f"{key}: {value!r} is not one of {names}{nearest(str(value), [str(a) for a in allowed])}")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is list:
+        (inner,) = typing.get_args(annotation) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def build(cls: type, values: dict | None, section: str) -> Any:
+    """Make `cls` from a dict, refusing unknown keys and wrong types with a one-line error."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise RlvrError(f"{section}: expected a mapping of settings, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise RlvrError(f"{section}.{key}: unknown setting{nearest(key, names)}")
+        if isinstance(value, float) and hints[key] is int and value.is_integer():
+            value = int(value)
+        if isinstance(value, str) and _type_ok(1.0, hints[key]) and not _type_ok(value, hints[key]):
+            try:  # YAML reads 5e-6 as a string; accept numbers written that way.
+                value = float(value)
+            except ValueError:
+                pass
+        if not _type_ok(value, hints[key]):
+            raise RlvrError(
+                f"{section}.{key}: expected {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
+            )
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_run_config(path: str | Path, train_cls: type | None = GRPOConfig,
+                    overrides: dict | None = None) -> RunConfig:
+    """Read a YAML run config; `overrides` (section → {key: value}) win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RlvrError(f"config file not found: {path}; pass the path to a YAML file (see examples/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise RlvrError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise RlvrError(f"{path}: the top level must be a mapping with model/data/rewards/train/eval sections")
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    return config_from_dict(raw, train_cls, where=str(path))
+
+
+def config_from_dict(raw: dict, train_cls: type | None = GRPOConfig, where: str = "config") -> RunConfig:
+    sections = ("model", "data", "rewards", "train", "eval")
+    for key in raw:
+        if key not in sections:
+            raise RlvrError(
+                f"{where}: unknown section '{key}'{nearest(key, sections)}; sections are {', '.join(sections)}")
+    rewards = raw.get("rewards", ["gsm8k"])
+    if isinstance(rewards, str):
+        rewards = [rewards]
+    if not isinstance(rewards, list) or not all(isinstance(r, str) for r in rewards):
+        raise RlvrError(f"{where}: rewards must be a list of names, e.g. [gsm8k] or [my_module:my_reward]")
+    cfg = RunConfig(
+        model=build(ModelConfig, raw.get("model"), "model"),
+        data=build(DataConfig, raw.get("data"), "data"),
+        rewards=rewards,
+        train=build(train_cls, raw.get("train"), "train") if train_cls else None,
+        eval=build(EvalConfig, raw.get("eval"), "eval"),
+    )
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,343 @@
+"""The GRPO loop, readable top to bottom: rollout → rewards → advantages → update, round after round.
+
+Batch structure follows semantics §1: a round is generation_batch_size completions (G per prompt),
+split into steps_per_generation micro-batches and replayed num_iterations times; the optimizer
+steps every gradient_accumulation_steps micro-batches. The pure math lives in advantages.py and
+objective.py; this file only moves tensors between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from rlvr.config import GRPOConfig
+from rlvr.data.templates import encode_prompt
+from rlvr.errors import RlvrError
+from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, reward_stats
+from rlvr.grpo.objective import StepShape, aggregate, clip_metrics, per_token_loss, tis_weights
+from rlvr.grpo.round import RoundBatch
+from rlvr.models.forward import completion_logprobs
+from rlvr.rewards.registry import resolve_rewards
+from rlvr.rewards.scoring import score_completions
+from rlvr.rollout import SamplingParams, make_engine
+from rlvr.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from rlvr.train.optim import build_optimizer, build_scheduler, trainable_parameters
+from rlvr.train.run_dir import JsonlWriter, Progress, prepare_run_dir
+
+log = logging.getLogger("rlvr")
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _as_records(dataset) -> list[dict]:
+    if isinstance(dataset, list):
+        return dataset
+    return [dict(row) for row in dataset]
+
+
+class GRPOTrainer:
+    """GRPO/DAPO/Dr. GRPO/GSPO on a (peft or plain) causal LM, with TRL's config names."""
+
+    def __init__(self, model, tokenizer, reward_funcs, train_dataset, args: GRPOConfig | None = None,
+                 engine=None, reasoning_tag: str = "reasoning", answer_tag: str = "answer",
+                 show_progress: bool | None = None):
+        self.args = args or GRPOConfig()
+        self.args.validate()
+        a = self.args
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.reward_funcs = resolve_rewards(list(reward_funcs), reasoning_tag=reasoning_tag, answer_tag=answer_tag)
+        if a.reward_weights is not None and len(a.reward_weights) != len(self.reward_funcs):
+            raise RlvrError(f"train.reward_weights has {len(a.reward_weights)} values for "
+                            f"{len(self.reward_funcs)} reward functions; give one weight per function")
+        self.examples = _as_records(train_dataset)
+        if not self.examples:
+            raise RlvrError("the training dataset is empty; check data.dataset and data.split")
+        self.prompt_ids = [self._encode(ex["prompt"]) for ex in self.examples]
+        self.engine = engine or make_engine(a.rollout_backend, model, tokenizer)
+        self.scale_rewards = normalize_scale_rewards(a.scale_rewards)
+        self.show_progress = show_progress
+
+        self.spg = a.resolved_steps_per_generation
+        self.prompts_per_round = a.resolved_generation_batch_size // a.num_generations
+        if (self.spg * a.num_iterations) % a.gradient_accumulation_steps:
+            raise RlvrError(
+                f"train: steps_per_generation × num_iterations ({self.spg} × {a.num_iterations}) must be a "
+                f"multiple of gradient_accumulation_steps ({a.gradient_accumulation_steps})")
+        self.rounds_per_epoch = len(self.examples) // self.prompts_per_round
+        if self.rounds_per_epoch == 0:
+            raise RlvrError(
+                f"the dataset has {len(self.examples)} prompts but one round needs {self.prompts_per_round}; "
+                "add data or lower per_device_train_batch_size / steps_per_generation")
+        self.steps_per_round = self.spg * a.num_iterations // a.gradient_accumulation_steps
+        if a.max_steps > 0:
+            self.total_steps = a.max_steps
+        else:
+            rounds = max(1, math.floor(a.num_train_epochs * self.rounds_per_epoch))
+            self.total_steps = rounds * self.steps_per_round
+        # ℓ^old is only needed when the policy can change between sampling and use (semantics §1).
+        self.needs_old = self.spg > a.gradient_accumulation_steps or a.num_iterations > 1
+        self.is_peft = hasattr(model, "disable_adapter")
+        if a.beta > 0 and not self.is_peft:
+            raise RlvrError("train.beta > 0 needs a reference policy: use LoRA (the adapter-disabled model is "
+                            "the reference) or set beta: 0")
+        if a.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        self.optimizer = build_optimizer(trainable_parameters(model), a.optim, a.learning_rate,
+                                         (a.adam_beta1, a.adam_beta2), a.adam_epsilon, a.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, a.lr_scheduler_type, a.warmup_ratio, self.total_steps)
+        self.global_step = 0
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ data
+
+    def _encode(self, prompt) -> list[int]:
+        ids = encode_prompt(self.tokenizer, prompt)
+        limit = self.args.max_prompt_length
+        # Keep the end of a long prompt: the question and the generation prompt are there.
+        return ids[-limit:] if limit else ids
+
+    def round_indices(self, round_index: int) -> list[int]:
+        """Prompts of a round: a seeded permutation per epoch, incomplete last round dropped."""
+        epoch, pos = divmod(round_index, self.rounds_per_epoch)
+        g = torch.Generator().manual_seed(self.args.seed * 1000 + epoch)
+        perm = torch.randperm(len(self.examples), generator=g)
+        return perm[pos * self.prompts_per_round:(pos + 1) * self.prompts_per_round].tolist()
+
+    def sampling_params(self) -> SamplingParams:
+        a = self.args
+        return SamplingParams(max_new_tokens=a.max_completion_length, temperature=a.temperature, top_p=a.top_p,
+                              top_k=a.top_k, min_p=a.min_p, repetition_penalty=a.repetition_penalty,
+                              do_sample=True, stop_strings=tuple(a.stop_strings))
+
+    # ------------------------------------------------------------------ one round
+
+    def make_round(self, round_index: int) -> tuple[RoundBatch, dict, list[dict]]:
+        """Rollout, rewards, advantages (and ℓ^old / ℓ^ref when needed) for one round."""
+        a, G = self.args, self.args.num_generations
+        idx = self.round_indices(round_index)
+        t0 = time.perf_counter()
+        rollout = self.engine.generate([self.prompt_ids[i] for i in idx], G, self.sampling_params(),
+                                       seed=a.seed * 1_000_003 + round_index)
+        t1 = time.perf_counter()
+        texts = self.tokenizer.batch_decode(rollout.completion_ids * rollout.completion_mask
+                                            + self.tokenizer.pad_token_id * (1 - rollout.completion_mask),
+                                            skip_special_tokens=True)
+        rows = [self.examples[i] for i in idx for _ in range(G)]
+        prompts = [r["prompt"] for r in rows]
+        completions = [[{"role": "assistant", "content": t}] if isinstance(p, list) else t
+                       for p, t in zip(prompts, texts)]
+        ids = [r[m.bool()].tolist() for r, m in zip(rollout.completion_ids, rollout.completion_mask)]
+        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+        state = {"step": self.global_step, "epoch": round_index / self.rounds_per_epoch}
+        columns["trainer_state"] = [state] * len(rows)
+        scores = score_completions(self.reward_funcs, prompts, completions, ids, columns, a.reward_weights,
+                                   a.reward_errors, self.global_step)
+        advantages = group_advantages(scores.total, G, self.scale_rewards)
+        t2 = time.perf_counter()
+
+        loss_mask = rollout.completion_mask.clone()
+        if a.mask_truncated_completions:
+            loss_mask *= rollout.is_eos.unsqueeze(1).long()
+        batch = RoundBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, loss_mask,
+                           advantages.to(self.device),
+                           rollout_logps=rollout.logprobs if a.vllm_importance_sampling_correction else None)
+        if self.needs_old or batch.rollout_logps is not None:
+            batch.old_logps = self._logps_no_grad(batch, adapters=True)
+        if a.beta > 0:
+            batch.ref_logps = self._logps_no_grad(batch, adapters=False)
+
+        lengths = rollout.completion_mask.sum(1).float()
+        metrics = {**reward_stats(scores.total, G), **scores.metrics,
+                   "completions/mean_length": lengths.mean().item(),
+                   "completions/min_length": lengths.min().item(),
+                   "completions/max_length": lengths.max().item(),
+                   "completions/clipped_ratio": (~rollout.is_eos).float().mean().item(),
+                   "time/rollout": t1 - t0, "time/score": t2 - t1,
+                   "tokens_per_second": lengths.sum().item() / max(t1 - t0, 1e-9)}
+        samples = [{"prompt": prompts[i] if isinstance(prompts[i], str) else prompts[i][-1]["content"],
+                    "completion": texts[i], "reward": _f(scores.total[i]),
+                    "rewards": {n: _f(scores.per_function[i, k]) for k, n in enumerate(scores.names)},
+                    "advantage": _f(advantages[i])} for i in range(min(len(texts), 2 * G))]
+        return batch, metrics, samples
+
+    @torch.no_grad()
+    def _logps_no_grad(self, batch: RoundBatch, adapters: bool) -> torch.Tensor:
+        out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.device)
+        bs = self.args.per_device_train_batch_size
+        for s in range(0, out.shape[0], bs):
+            idx = torch.arange(s, min(s + bs, out.shape[0]), device=self.device)
+            mb = batch.rows(idx)
+            if adapters:
+                lp, _ = self._policy_logps(mb, with_entropy=False)
+            else:
+                with self.model.disable_adapter():
+                    lp, _ = self._policy_logps(mb, with_entropy=False)
+            out[s:s + bs, :lp.shape[1]] = lp
+        return out
+
+    def _policy_logps(self, mb: RoundBatch, with_entropy: bool):
+        # The loss mask doubles as the completion's attention mask: a row it masks out entirely
+        # needs no log-probs, and every other row's mask is its real one.
+        return completion_logprobs(self.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids,
+                                   mb.completion_mask, self.args.temperature, with_entropy,
+                                   self.args.logprob_chunk_elements)
+
+    # ------------------------------------------------------------------ update
+
+    def micro_batches(self, batch: RoundBatch, round_index: int) -> list[torch.Tensor]:
+        """The round shuffled (seeded by round) and split into steps_per_generation index sets."""
+        n = batch.advantages.shape[0]
+        g = torch.Generator().manual_seed(self.args.seed * 7919 + round_index)
+        perm = torch.randperm(n, generator=g).to(self.device)
+        size = self.args.per_device_train_batch_size
+        return [perm[s:s + size] for s in range(0, n, size)]
+
+    def optimizer_step(self, batch: RoundBatch, micro: list[torch.Tensor]) -> dict:
+        """Forward/backward over one optimizer step's micro-batches, then clip and step."""
+        a = self.args
+        masks = [batch.completion_mask[i] for i in micro]
+        shape = StepShape(num_sequences=sum(m.shape[0] for m in masks), num_tokens=int(sum(m.sum() for m in masks)),
+                          num_micro_batches=len(micro), max_completion_length=a.max_completion_length)
+        sums: dict[str, float] = {}
+        for index in micro:
+            mb = batch.rows(index)
+            weight = mb.completion_mask.sum().item() / max(1, shape.num_tokens)
+            logps, entropy = self._policy_logps(mb, with_entropy=True)
+            tis = None
+            if mb.rollout_logps is not None:
+                old = mb.old_logps if mb.old_logps is not None else logps.detach()
+                tis = tis_weights(old, mb.rollout_logps, mb.completion_mask, a.vllm_importance_sampling_mode,
+                                  a.vllm_importance_sampling_cap)
+                _add(sums, "tis", tis.expand_as(mb.completion_mask), mb.completion_mask, weight)
+            out = per_token_loss(logps, mb.old_logps if self.needs_old else None, mb.advantages,
+                                 mb.completion_mask, epsilon_low=a.epsilon, epsilon_high=a.epsilon_high,
+                                 delta=a.delta, importance_sampling_level=a.importance_sampling_level,
+                                 ref_logps=mb.ref_logps, beta=a.beta, tis=tis)
+            loss = aggregate(out.loss, mb.completion_mask, a.loss_type, shape)
+            loss.backward()
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            for k, v in clip_metrics(out.log_weights, mb.advantages, mb.completion_mask, a.epsilon,
+                                     a.epsilon_high).items():
+                sums[k] = sums.get(k, 0.0) + v * weight
+            _add(sums, "entropy", entropy, mb.completion_mask, weight)
+            if out.kl is not None:
+                _add(sums, "kl", out.kl, mb.completion_mask, weight)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), a.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        if torch.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            log.warning("step %d: non-finite gradient norm, update skipped", self.global_step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        metrics = {k: v for k, v in sums.items() if not k.startswith("tis")}
+        if "tis" in sums:
+            metrics["sampling/importance_sampling_ratio/mean"] = sums["tis"]
+        metrics.update(grad_norm=grad_norm.item(), learning_rate=lr)
+        return metrics
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self, resume_from_checkpoint: str | None = None) -> dict:
+        a = self.args
+        run_dir = prepare_run_dir(a.output_dir)
+        round_index, step_in_round, batch = 0, 0, None
+        resume = resume_from_checkpoint or a.resume_from_checkpoint
+        if resume:
+            path = resolve_checkpoint(run_dir, resume)
+            state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+            self.global_step = state["global_step"]
+            round_index, step_in_round = state["round_index"], state["step_in_round"]
+            if step_in_round:
+                saved = torch.load(path / "round.pt", weights_only=False)
+                batch = RoundBatch.from_state(saved["batch"], self.device)
+                round_metrics = saved["metrics"]
+            log.info("resumed from %s at step %d", path, self.global_step)
+        metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
+        samples_log = JsonlWriter(run_dir / "samples.jsonl")
+        progress = Progress(self.total_steps, "GRPO", self.show_progress, initial=self.global_step)
+        previous_handler = signal.signal(signal.SIGINT, self._request_stop) \
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+        last: dict = {}
+        try:
+            while self.global_step < self.total_steps and not self._stop_requested:
+                if batch is None:
+                    batch, round_metrics, samples = self.make_round(round_index)
+                    if a.log_completions and (self.global_step % max(1, a.completions_log_steps) == 0):
+                        for s in samples:
+                            samples_log.write({"step": self.global_step, **s})
+                micro = self.micro_batches(batch, round_index)
+                schedule = [m for _ in range(a.num_iterations) for m in micro]
+                ga = a.gradient_accumulation_steps
+                while step_in_round < self.steps_per_round and self.global_step < self.total_steps:
+                    t0 = time.perf_counter()
+                    step_metrics = self.optimizer_step(batch, schedule[step_in_round * ga:(step_in_round + 1) * ga])
+                    self.global_step += 1
+                    step_in_round += 1
+                    last = {"step": self.global_step, **round_metrics, **step_metrics,
+                            "time/update": time.perf_counter() - t0,
+                            "memory/peak_gib": peak_memory_gib(self.device)}
+                    if self.global_step % a.logging_steps == 0 or self.global_step == self.total_steps:
+                        metrics_log.write(last)
+                    progress.update(1, f"reward {last['reward']:.3f}  loss {last['loss']:+.4f}")
+                    round_done = step_in_round == self.steps_per_round
+                    if self._stop_requested or self.global_step % a.save_steps == 0 \
+                            or self.global_step == self.total_steps:
+                        self._save(run_dir, round_index + round_done, 0 if round_done else step_in_round,
+                                   None if round_done else (batch, round_metrics))
+                    if self._stop_requested:
+                        break
+                if step_in_round == self.steps_per_round:
+                    round_index, step_in_round, batch = round_index + 1, 0, None
+        finally:
+            progress.close()
+            metrics_log.close()
+            samples_log.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        save_final(self.model, run_dir)
+        return {**last, "interrupted": self._stop_requested, "run_dir": str(run_dir)}
+
+    def _request_stop(self, *_):
+        log.warning("interrupt: finishing this step, saving a checkpoint, then stopping")
+        self._stop_requested = True
+
+    def _save(self, run_dir: Path, round_index: int, step_in_round: int, partial) -> None:
+        state = {"global_step": self.global_step, "round_index": round_index, "step_in_round": step_in_round,
+                 "config": asdict(self.args)}
+        # A checkpoint inside a round carries the round's tensors, so resuming replays it exactly.
+        extra = None if partial is None else {"round.pt": {"batch": partial[0].to_state(), "metrics": partial[1]}}
+        save_checkpoint(run_dir, self.global_step, self.model, self.optimizer, self.scheduler, state,
+                        keep=self.args.save_total_limit, extra=extra)
+
+
+def save_final(model, run_dir: Path) -> None:
+    """The trained adapter (peft format) or full model in run_dir/final."""
+    from rlvr.train.checkpoint import save_trainable
+
+    save_trainable(model, run_dir / "final")
+
+
+def _f(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else v
+
+
+def _add(sums: dict, key: str, values: torch.Tensor, mask: torch.Tensor, weight: float = 1.0) -> None:
+    mean = (values * mask).sum() / mask.sum().clamp(min=1)
+    sums[key] = sums.get(key, 0.0) + mean.item() * weight

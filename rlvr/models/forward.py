@@ -1,0 +1,75 @@
+"""Run a causal LM over prompt + completion and return the completion tokens' log-probs.
+
+The decoder body and lm_head are called separately so the log-probs go through
+`chunked_logprobs` and no (tokens × vocab) logits tensor is ever built.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.grpo.logprobs import DEFAULT_CHUNK_ELEMENTS, chunked_logprobs
+
+
+def base_causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The *ForCausalLM under a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generate() assigns them, so ℓ matches the rollout's."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,  # [B, P] left-padded
+    prompt_mask: torch.Tensor,  # [B, P]
+    completion_ids: torch.Tensor,  # [B, C] right-padded
+    completion_mask: torch.Tensor,  # [B, C]
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # [B, C] each, 0 where completion_mask is 0
+    lm = base_causal_lm(model)
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    hidden = lm.get_decoder()(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    p = prompt_ids.shape[1]
+    # Position t predicts token t+1: the completion's tokens are predicted from P-1 … P+C-2.
+    hidden = hidden[:, p - 1 : -1]
+    active = completion_mask.bool()
+    head = lm.get_output_embeddings()
+    logps, entropy = chunked_logprobs(
+        hidden[active], head.weight, completion_ids[active], temperature,
+        bias=getattr(head, "bias", None), chunk_elements=chunk_elements, with_entropy=with_entropy,
+    )
+    out = torch.zeros(completion_ids.shape, dtype=torch.float32, device=hidden.device)
+    out = out.masked_scatter(active, logps)
+    ent = None
+    if with_entropy:
+        ent = torch.zeros_like(out).masked_scatter(active, entropy)
+    return out, ent
+
+
+def labelled_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,  # [B, T] right-padded
+    attention_mask: torch.Tensor,  # [B, T]
+    labels: torch.Tensor,  # [B, T], -100 where not trained
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:  # [n_labelled] log-probs of the labelled tokens, in order
+    """Log-probs of every labelled token given its prefix: SFT's loss is minus their mean."""
+    lm = base_causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    active = targets != -100
+    head = lm.get_output_embeddings()
+    logps, _ = chunked_logprobs(hidden[:, :-1][active], head.weight, targets[active], 1.0,
+                                bias=getattr(head, "bias", None), chunk_elements=chunk_elements)
+    return logps

@@ -1,0 +1,58 @@
+"""The rollout engine interface: prompts in, G completions each out, with the loss mask.
+
+A backend turns a batch of tokenized prompts into completions. The trainer and the evaluator only
+see `RolloutEngine.generate` and `Rollout`, so a faster backend plugs in by config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How completions are sampled. Field names follow TRL's GRPOConfig."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0
+    do_sample: bool = True  # False = greedy
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclass
+class Rollout:
+    """Completions for a batch of prompts, one row per completion (prompt i's G rows are adjacent).
+
+    completion_ids are right-padded with pad_token_id; completion_mask is 1 on generated tokens up
+    to and including EOS (the loss mask of semantics §4 before mask_truncated_completions).
+    """
+
+    prompt_ids: torch.Tensor  # [N, P] left-padded
+    prompt_mask: torch.Tensor  # [N, P]
+    completion_ids: torch.Tensor  # [N, C] right-padded
+    completion_mask: torch.Tensor  # [N, C]
+    is_eos: torch.Tensor  # [N] bool: the row ended with EOS (or a stop string) before max_new_tokens
+    logprobs: torch.Tensor | None = None  # [N, C] ℓ^roll under the sampling temperature, if known
+
+    @property
+    def lengths(self) -> torch.Tensor:  # [N]
+        return self.completion_mask.sum(dim=1)
+
+
+class RolloutEngine(Protocol):
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        num_generations: int,
+        params: SamplingParams,
+        seed: int | None = None,
+    ) -> Rollout:
+        """Sample `num_generations` completions for each prompt (token ids, no padding)."""
+        ...

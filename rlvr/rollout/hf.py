@@ -1,0 +1,119 @@
+"""Reference rollout backend: transformers.generate. Correct everywhere, slow on a GPU."""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.rollout.engine import Rollout, SamplingParams
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the generation config's EOS list and the tokenizer's."""
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(gen_eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def completion_mask_from_eos(completion_ids: torch.Tensor, eos_ids: list[int],
+                             valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask [N, C], is_eos [N]): 1 up to and including the first EOS; all valid tokens when none."""
+    n, c = completion_ids.shape
+    is_eos_tok = torch.isin(completion_ids, torch.tensor(eos_ids, device=completion_ids.device))
+    if valid is not None:
+        is_eos_tok &= valid.bool()
+    has_eos = is_eos_tok.any(dim=1)
+    first = torch.where(has_eos, is_eos_tok.int().argmax(dim=1), torch.full((n,), c, device=completion_ids.device))
+    positions = torch.arange(c, device=completion_ids.device).expand(n, c)
+    mask = positions <= first.unsqueeze(1)
+    if valid is not None:
+        mask &= valid.bool()
+    return mask.long(), has_eos
+
+
+def truncate_at_stop_strings(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor,
+                             is_eos: torch.Tensor, stop_strings: tuple[str, ...]) -> None:
+    """Cut each row after the first token whose text completes a stop string (in place)."""
+    for i in range(completion_ids.shape[0]):
+        n = int(mask[i].sum())
+        text = tokenizer.decode(completion_ids[i, :n])
+        if not any(s in text for s in stop_strings):
+            continue
+        for t in range(1, n + 1):
+            if any(s in tokenizer.decode(completion_ids[i, :t]) for s in stop_strings):
+                mask[i, t:] = 0
+                is_eos[i] = True
+                break
+
+
+class HFEngine:
+    """Rollouts through `model.generate`, in sub-batches of at most `batch_size` rows."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.eos_ids = eos_token_ids(model, tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], num_generations: int, params: SamplingParams,
+                 seed: int | None = None) -> Rollout:
+        rows = [p for p in prompt_ids for _ in range(num_generations)]
+        was_training = self.model.training
+        self.model.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        chunks = []
+        with torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for s in range(0, len(rows), self.batch_size):
+                chunks.append(self._generate_chunk(rows[s:s + self.batch_size], params))
+        if was_training:
+            self.model.train()
+        return self._assemble(rows, chunks, params)
+
+    def _generate_chunk(self, rows: list[list[int]], params: SamplingParams) -> torch.Tensor:
+        ids, mask = left_pad(rows, self.tokenizer.pad_token_id, self.device)
+        kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
+                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids,
+                      repetition_penalty=params.repetition_penalty)
+        if params.do_sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p,
+                          top_k=params.top_k or None, min_p=params.min_p or None)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop_strings:
+            kwargs.update(stop_strings=list(params.stop_strings), tokenizer=self.tokenizer)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        return out[:, ids.shape[1]:]
+
+    def _assemble(self, rows, chunks, params: SamplingParams) -> Rollout:
+        pad = self.tokenizer.pad_token_id
+        width = max(c.shape[1] for c in chunks)
+        completion = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks])
+        # Tokens after a row finished are padding; when pad == eos the first-EOS rule still finds the end.
+        mask, is_eos = completion_mask_from_eos(completion, self.eos_ids)
+        if params.stop_strings:
+            truncate_at_stop_strings(self.tokenizer, completion, mask, is_eos, params.stop_strings)
+        completion = torch.where(mask.bool(), completion, torch.full_like(completion, pad))
+        prompt_ids, prompt_mask = left_pad(rows, pad, self.device)
+        return Rollout(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion,
+                       completion_mask=mask, is_eos=is_eos)

@@ -1,0 +1,1 @@
+"""Pieces the SFT and GRPO trainers share: optimizer, schedule, checkpoints, run directory, logging."""

@@ -1,0 +1,115 @@
+"""Checkpoints that survive a crash mid-save.
+
+A checkpoint is written to a temporary folder, fsynced, and renamed into place; the `latest` pointer
+moves (by an atomic rename of a small file) only after that. A crash at any moment leaves the
+previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from rlvr.errors import RlvrError
+
+LATEST = "latest"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_trainable(model, folder: Path) -> None:
+    """The adapter in peft format, or the full weights when there is no adapter."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict,
+                    keep: int | None = None, extra: dict | None = None) -> Path:
+    """Write checkpoints/step-N atomically; `extra` maps file names to objects saved with torch.save."""
+    ckpt_root = run_dir / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step:06d}"
+    tmp = ckpt_root / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_trainable(model, tmp / "model")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+               tmp / "training_state.pt")
+    for name, obj in (extra or {}).items():
+        torch.save(obj, tmp / name)
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    _fsync_tree(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer_tmp = ckpt_root / f".{LATEST}.tmp"
+    pointer_tmp.write_text(final.name)
+    os.replace(pointer_tmp, ckpt_root / LATEST)
+    if keep:
+        _prune(ckpt_root, keep)
+    return final
+
+
+def _prune(ckpt_root: Path, keep: int) -> None:
+    done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(run_dir: Path, which: str) -> Path:
+    """`which` is 'latest' (the run directory's newest complete checkpoint) or a checkpoint folder."""
+    if which == LATEST:
+        pointer = run_dir / "checkpoints" / LATEST
+        if not pointer.is_file():
+            raise RlvrError(f"--resume: no checkpoint in {run_dir}/checkpoints; start without --resume")
+        path = run_dir / "checkpoints" / pointer.read_text().strip()
+    else:
+        path = Path(which)
+    if not (path / "trainer_state.json").is_file():
+        raise RlvrError(f"--resume: {path} is not a complete checkpoint (trainer_state.json missing)")
+    return path
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, schedule and RNG in place; return the trainer state."""
+    model_dir = path / "model"
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(model_dir / "adapter_model.safetensors")))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(model_dir)
+        model.load_state_dict(loaded.state_dict())
+    state = torch.load(path / "training_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return json.loads((path / "trainer_state.json").read_text())

@@ -1,0 +1,52 @@
+"""Optimizer and learning-rate schedule, with TRL's names for their settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+
+import torch
+
+log = logging.getLogger("rlvr")
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def build_optimizer(params, optim: str, lr: float, betas: tuple[float, float], eps: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; the 8-bit variants need bitsandbytes and a CUDA device, else plain AdamW (said in the log)."""
+    params = list(params)
+    if optim in ("adamw_8bit", "paged_adamw_8bit"):
+        on_cuda = any(p.is_cuda for p in params)
+        if on_cuda and importlib.util.find_spec("bitsandbytes") is not None:
+            import bitsandbytes as bnb
+
+            cls = bnb.optim.PagedAdamW8bit if optim.startswith("paged") else bnb.optim.AdamW8bit
+            return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        log.info("optim %s needs bitsandbytes on CUDA; using adamw_torch instead", optim)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
+    """Multiplier of the base lr at step s: linear warmup, then cosine/linear decay to 0, or constant."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(1.0, progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return f
+
+
+def build_scheduler(optimizer, kind: str, warmup_ratio: float, total_steps: int):
+    warmup = math.ceil(warmup_ratio * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(kind, warmup, total_steps))
