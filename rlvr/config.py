@@ -53,6 +53,7 @@ class DataConfig:
     prompt_column: str = "question"
     answer_column: str = "answer"
     answer_format: str = "raw"  # raw | gsm8k (ground truth after '####', commas removed)
+    completion_column: str | None = None  # SFT target text; gsm8k and builtin sets make their own
     system_prompt: str | None = None  # None = ask for <reasoning>/<answer> with the tags below
     reasoning_tag: str = "reasoning"
     answer_tag: str = "answer"
