@@ -82,10 +82,11 @@ def run_sft(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progres
     from rlvr.models import load_model_from_config
     from rlvr.sft import SFTTrainer
 
-    if model is None:
-        model, tokenizer = load_model_from_config(cfg.model)
+    # Data first: a bad column should fail in a second, not after the model has loaded.
     if train is None:
         train, _ = build_datasets(cfg)
+    if model is None:
+        model, tokenizer = load_model_from_config(cfg.model)
     write_config(cfg, cfg.train.output_dir)
     return SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress).train()
 
@@ -95,10 +96,11 @@ def run_grpo(cfg: RunConfig, model=None, tokenizer=None, train=None, resume: str
     from rlvr.grpo.trainer import GRPOTrainer
     from rlvr.models import load_model_from_config
 
-    if model is None:
-        model, tokenizer = load_model_from_config(cfg.model)
+    # Data first: a bad column should fail in a second, not after the model has loaded.
     if train is None:
         train, _ = build_datasets(cfg)
+    if model is None:
+        model, tokenizer = load_model_from_config(cfg.model)
     write_config(cfg, cfg.train.output_dir)
     trainer = GRPOTrainer(model, tokenizer, cfg.rewards, train, cfg.train, reasoning_tag=cfg.data.reasoning_tag,
                           answer_tag=cfg.data.answer_tag, show_progress=show_progress)
@@ -110,12 +112,12 @@ def run_eval(cfg: RunConfig, model=None, tokenizer=None, examples=None, desc: st
     from rlvr.models import load_model_from_config
     from rlvr.rewards.registry import resolve_rewards
 
-    if model is None:
-        model, tokenizer = load_model_from_config(cfg.model)
     if examples is None:
         _, examples = build_datasets(cfg)
     if not examples:
         raise RlvrError("no evaluation examples: set data.eval_size > 0 or data.eval_dataset")
+    if model is None:
+        model, tokenizer = load_model_from_config(cfg.model)
     funcs = resolve_rewards(cfg.rewards, reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag)
     return evaluate(model, tokenizer, examples, cfg.eval, reward_funcs=funcs, reasoning_tag=cfg.data.reasoning_tag,
                     answer_tag=cfg.data.answer_tag, desc=desc)

@@ -1,0 +1,124 @@
+"""Each bad input gets one line naming the problem and the fix, a non-zero exit, and no traceback."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from rlvr.cli import main
+from rlvr.config import GRPOConfig, config_from_dict
+from rlvr.errors import RlvrError
+
+
+def run_cli(tmp_path, capsys, config: dict, command="train", extra=()):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = main([command, str(path), *extra])
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    # Progress bars of long work may precede it; the error itself is the last line.
+    return code, err.splitlines()[-1] if err else ""
+
+
+def one_line_error(code, err, *needles):
+    assert code == 2
+    assert err.startswith("rlvr: error: ")
+    assert "\n" not in err and "Traceback" not in err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def test_unknown_key_suggests_the_nearest_name(tmp_path, capsys):
+    code, err = run_cli(tmp_path, capsys, {"train": {"learning_rat": 1e-5}})
+    one_line_error(code, err, "train.learning_rat", "did you mean 'learning_rate'")
+
+
+def test_unknown_section(tmp_path, capsys):
+    one_line_error(*run_cli(tmp_path, capsys, {"trian": {}}), "trian", "did you mean 'train'")
+
+
+def test_wrong_value_type(tmp_path, capsys):
+    one_line_error(*run_cli(tmp_path, capsys, {"train": {"num_generations": "eight"}}),
+                   "train.num_generations", "expected int")
+
+
+@pytest.mark.parametrize("train,needle", [
+    ({"num_generations": 1}, "num_generations must be >= 2"),
+    ({"num_generations": 3, "per_device_train_batch_size": 8}, "not divisible by num_generations"),
+    ({"steps_per_generation": 2, "generation_batch_size": 16}, "both set"),
+    ({"loss_type": "dapoo"}, "did you mean 'dapo'"),
+])
+def test_batch_structure_errors(tmp_path, capsys, train, needle):
+    one_line_error(*run_cli(tmp_path, capsys, {"train": train}), needle)
+
+
+def test_missing_config_file(capsys):
+    code = main(["train", "/nonexistent/run.yaml"])
+    one_line_error(code, capsys.readouterr().err.strip(), "config file not found")
+
+
+def test_dataset_missing_column(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"q": "1+1?", "answer": "2"}\n' * 4)
+    one_line_error(*run_cli(tmp_path, capsys, {"data": {"dataset": str(data)}}), "question", "prompt_column")
+
+
+def test_empty_dataset(tmp_path, capsys):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("")
+    code, err = run_cli(tmp_path, capsys, {"data": {"dataset": str(data)}})
+    assert code == 2 and err.startswith("rlvr: error: ") and "\n" not in err
+
+
+def test_model_path_not_found(tmp_path, capsys):
+    cfg = {"model": {"model_name_or_path": "./no/such/model"}, "data": {"dataset": "builtin:arithmetic"}}
+    one_line_error(*run_cli(tmp_path, capsys, cfg), "model path not found")
+
+
+def test_unknown_reward_name(tmp_path, capsys):
+    cfg = {"rewards": ["corectness"], "model": {"model_name_or_path": "./nowhere"}}
+    # Rewards are resolved by the trainer; resolve directly to check the message.
+    from rlvr.rewards.registry import resolve_rewards
+
+    with pytest.raises(RlvrError, match="did you mean 'correctness'"):
+        resolve_rewards(cfg["rewards"])
+
+
+def test_output_dir_not_writable(tmp_path):
+    from rlvr.train.run_dir import prepare_run_dir
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RlvrError, match="not writable"):
+        prepare_run_dir(blocker / "run")
+
+
+def test_gguf_of_unsupported_architecture(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from rlvr.models import load_model
+
+    path = tmp_path / "weird.gguf"
+    writer = gguf.GGUFWriter(str(path), "notanarch")
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(RlvrError, match="transformers cannot load this GGUF|cannot load"):
+        load_model(str(path), device="cpu")
+
+
+def test_reward_weights_length_checked_by_trainer(tmp_path):
+    from conftest import make_model, make_tokenizer
+
+    from rlvr.grpo.trainer import GRPOTrainer
+
+    tok = make_tokenizer()
+    with pytest.raises(RlvrError, match="one weight per function"):
+        GRPOTrainer(make_model(vocab_size=len(tok)), tok, ["gsm8k"], [{"prompt": "x", "answer": "1"}] * 8,
+                    GRPOConfig(output_dir=str(tmp_path), reward_weights=[1.0]))
+
+
+def test_yaml_numbers_written_as_strings_are_accepted():
+    cfg = config_from_dict({"train": {"learning_rate": "5e-6"}})
+    assert cfg.train.learning_rate == 5e-6
