@@ -113,7 +113,9 @@ class GRPOConfig:
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.1
     gradient_checkpointing: bool = False
-    rollout_backend: str = "hf"
+    rollout_backend: str = "auto"  # auto (native on CUDA, hf elsewhere) | native | hf
+    rollout_merge_lora: bool | None = None  # native: fold LoRA into a per-round copy (faster, more memory);
+    # None = on CUDA only. False applies adapters as extra matmuls: no copy, peak memory of the weights alone.
     logprob_chunk_elements: int = 1 << 26
     logging_steps: int = 1
     log_completions: bool = True
@@ -154,7 +156,7 @@ class GRPOConfig:
                 ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"))
         _choice("train.lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))
         _choice("train.optim", self.optim, ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adamw"))
-        _choice("train.rollout_backend", self.rollout_backend, ("hf", "native"))
+        _choice("train.rollout_backend", self.rollout_backend, ("auto", "hf", "native"))
         for name in ("temperature", "learning_rate", "max_completion_length", "per_device_train_batch_size",
                      "gradient_accumulation_steps", "num_iterations"):
             if getattr(self, name) <= 0:

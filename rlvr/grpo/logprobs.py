@@ -17,11 +17,48 @@ def _chunk_rows(vocab: int, chunk_elements: int) -> int:
     return max(1, chunk_elements // vocab)
 
 
+def _raw_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    logits = h @ weight.t()  # in the model dtype: the one (rows × vocab) buffer a chunk allocates
+    return logits if bias is None else logits + bias
+
+
 def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    logits = h @ weight.t()
-    if bias is not None:
-        logits = logits + bias
-    return logits.float() / temperature
+    return _raw_logits(h, weight, bias).float() / temperature
+
+
+# The per-chunk elementwise math, written so a compiler can fuse each into one pass over the chunk:
+# on CUDA they run through torch.compile (fp32 work in registers, one read of the logits), elsewhere eagerly.
+def _forward_math(raw: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
+    logits = raw.float() / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(1, targets[:, None]).squeeze(1) - lse
+    if not with_entropy:
+        return logp, lse, lse
+    probs = torch.exp(logits - lse[:, None])
+    return logp, lse, lse - (probs * logits).sum(-1)
+
+
+def _backward_math(raw: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, g: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    # d logp_target / d logits = onehot − softmax, chained through the 1/T scaling.
+    logits = raw.float() / temperature
+    onehot = torch.arange(raw.shape[1], device=raw.device)[None, :] == targets[:, None]
+    d = (onehot.float() - torch.exp(logits - lse[:, None])) * (g[:, None] / temperature)
+    return d.to(raw.dtype)
+
+
+_compiled: dict = {}
+
+
+def _fused(fn, x: torch.Tensor):
+    if not x.is_cuda:
+        return fn
+    if fn not in _compiled:
+        try:
+            _compiled[fn] = torch.compile(fn, dynamic=True)
+        except Exception:  # no compiler available: the eager form is the same math
+            _compiled[fn] = fn
+    return _compiled[fn]
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
@@ -33,14 +70,13 @@ class _ChunkedLogprobs(torch.autograd.Function):
         logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
         entropy = torch.empty(n if with_entropy else 0, dtype=torch.float32, device=hidden.device)
+        math = _fused(_forward_math, hidden)
         for s in range(0, n, rows):
-            logits = _logits(hidden[s : s + rows], weight, bias, temperature)
-            chunk_lse = torch.logsumexp(logits, dim=-1)
-            lse[s : s + rows] = chunk_lse
-            logps[s : s + rows] = logits.gather(1, targets[s : s + rows, None]).squeeze(1) - chunk_lse
+            raw = _raw_logits(hidden[s : s + rows], weight, bias)
+            chunk_logp, chunk_lse, chunk_ent = math(raw, targets[s : s + rows], temperature, with_entropy)
+            logps[s : s + rows], lse[s : s + rows] = chunk_logp, chunk_lse
             if with_entropy:
-                probs = torch.softmax(logits, dim=-1)
-                entropy[s : s + rows] = chunk_lse - (probs * logits).sum(-1)
+                entropy[s : s + rows] = chunk_ent
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.temperature, ctx.rows = temperature, rows
         ctx.mark_non_differentiable(entropy)
@@ -54,14 +90,11 @@ class _ChunkedLogprobs(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        math = _fused(_backward_math, hidden)
         for s in range(0, hidden.shape[0], rows):
             h = hidden[s : s + rows]
-            g = grad_logps[s : s + rows].float()
-            logits = _logits(h, weight, bias, t)
-            # d logp_target / d logits = onehot − softmax; chain through the 1/T scaling.
-            dlogits = torch.exp(logits - lse[s : s + rows, None]).mul_(-g[:, None])
-            dlogits.scatter_add_(1, targets[s : s + rows, None], g[:, None])
-            dlogits = dlogits.div_(t).to(hidden.dtype)
+            raw = _raw_logits(h, weight, bias)
+            dlogits = math(raw, targets[s : s + rows], lse[s : s + rows], grad_logps[s : s + rows].float(), t)
             if need_h:
                 grad_h[s : s + rows] = dlogits @ weight
             if need_w:

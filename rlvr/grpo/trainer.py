@@ -66,7 +66,7 @@ class GRPOTrainer:
         if not self.examples:
             raise RlvrError("the training dataset is empty; check data.dataset and data.split")
         self.prompt_ids = [self._encode(ex["prompt"]) for ex in self.examples]
-        self.engine = engine or make_engine(a.rollout_backend, model, tokenizer)
+        self.engine = engine or make_engine(a.rollout_backend, model, tokenizer, merge_lora=a.rollout_merge_lora)
         self.scale_rewards = normalize_scale_rewards(a.scale_rewards)
         self.show_progress = show_progress
 

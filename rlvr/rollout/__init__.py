@@ -4,11 +4,23 @@ from rlvr.rollout.engine import Rollout, RolloutEngine, SamplingParams
 from rlvr.rollout.hf import HFEngine
 
 
-def make_engine(backend: str, model, tokenizer, **kwargs) -> RolloutEngine:
+def resolve_backend(backend: str, model) -> str:
+    """'auto' is the native engine on CUDA and transformers.generate elsewhere."""
+    if backend != "auto":
+        return backend
+    return "native" if next(model.parameters()).is_cuda else "hf"
+
+
+def make_engine(backend: str, model, tokenizer, merge_lora: bool | None = None, **kwargs) -> RolloutEngine:
     """The engine for `rollout_backend`; backends are picked here, not by branches in the trainer."""
+    backend = resolve_backend(backend, model)
     if backend == "hf":
         return HFEngine(model, tokenizer, **kwargs)
+    if backend == "native":
+        from rlvr.rollout.native import NativeEngine  # imported here: only this backend needs it
+
+        return NativeEngine(model, tokenizer, merge_lora=merge_lora, **kwargs)
     raise ValueError(f"unknown rollout_backend {backend!r}")
 
 
-__all__ = ["HFEngine", "Rollout", "RolloutEngine", "SamplingParams", "make_engine"]
+__all__ = ["HFEngine", "Rollout", "RolloutEngine", "SamplingParams", "make_engine", "resolve_backend"]

@@ -1,0 +1,143 @@
+"""Rollout throughput: the native engine against transformers.generate on a real-shaped random model.
+
+Builds the model from a config (random bf16 weights on CUDA; fp32 on CPU), attaches LoRA r16 with a
+non-zero B, samples `batch` rows (prompts × G) of `--new-tokens` tokens each with EOS disabled, and
+prints one JSON line (also written to --out). Every engine is warmed up before it is timed; the timed
+native round includes its per-round CUDA-graph capture, as in training.
+
+    python bench/rollout.py --shape qwen2.5-1.5b --out bench/results/rollout_qwen2.5-1.5b.json
+    python bench/rollout.py --shape tiny            # CPU smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import transformers
+
+from rlvr.models.loading import attach_lora
+from rlvr.rollout import HFEngine, SamplingParams
+from rlvr.rollout.native import NativeEngine
+from rlvr.rollout.native.weights import read_weights
+
+H200_BYTES_PER_S = 4.8e12
+
+SHAPES = {
+    "tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
+                         tie_word_embeddings=True, rope_theta=1e6),
+    "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                         tie_word_embeddings=False, rope_theta=5e5),
+}
+
+
+def build_model(shape: str, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(SHAPES[shape])
+    kind = spec.pop("model_type")
+    config = AutoConfig.for_model(kind, max_position_embeddings=4096, **spec)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    # EOS disabled: an id past the vocabulary can never be sampled, so every row runs to the end.
+    model.generation_config.eos_token_id = config.vocab_size
+    model.generation_config.pad_token_id = 0
+    model = attach_lora(model, rank=16, alpha=32)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=1e-3)  # non-zero B: the adapter path is really computed
+    return model, config
+
+
+def bw_bound_tok_per_s(model, batch: int, prompt: int, new_tokens: int) -> float:
+    """Tokens/s if every decode step only had to read the weights and the filled KV once at 4.8 TB/s."""
+    w = read_weights(model)
+    seconds = sum((w.weight_bytes() + batch * (prompt + t) * w.kv_bytes_per_token()) / H200_BYTES_PER_S
+                  for t in range(new_tokens))
+    return batch * new_tokens / seconds
+
+
+def timed(engine, prompts, g: int, new_tokens: int, seed: int = 0) -> tuple[float, int]:
+    """(seconds, generated tokens) of one round, synchronized."""
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = engine.generate(prompts, g, params, seed=seed)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, int(out.completion_mask.sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-1.5b")
+    ap.add_argument("--batch", type=int, default=64, help="rows = prompts × G")
+    ap.add_argument("--group", type=int, default=8, help="G completions per prompt")
+    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    ap.add_argument("--new-tokens", type=int, default=512)
+    ap.add_argument("--hf-new-tokens", type=int, default=128, help="fewer tokens for the slow hf reference")
+    ap.add_argument("--no-graphs", action="store_true", help="native engine without CUDA graphs")
+    ap.add_argument("--no-merge", action="store_true", help="run LoRA as extra matmuls instead of merged copies")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model, config = build_model(args.shape, device, dtype)
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=None, decode=lambda ids: "")
+    g = args.group
+    n_prompts = max(1, args.batch // g)
+    gen = torch.Generator().manual_seed(1)
+    prompts = torch.randint(1, config.vocab_size, (n_prompts, args.prompt), generator=gen).tolist()
+    batch = n_prompts * g
+
+    native = NativeEngine(model, tokenizer, cuda_graphs=not args.no_graphs,
+                          merge_lora=False if args.no_merge else None)
+    timed(native, prompts, g, min(32, args.new_tokens))  # warm-up: kernels, cuBLAS, allocator
+    native_s, native_tokens = timed(native, prompts, g, args.new_tokens)
+    stats = dict(native.last_stats)
+
+    hf = HFEngine(model, tokenizer, batch_size=batch)
+    timed(hf, prompts, g, min(8, args.hf_new_tokens))
+    hf_s, hf_tokens = timed(hf, prompts, g, args.hf_new_tokens)
+
+    native_tps, hf_tps = native_tokens / native_s, hf_tokens / hf_s
+    bound = bw_bound_tok_per_s(model, batch, args.prompt, args.new_tokens)
+    result = {
+        "shape": args.shape, "batch": batch, "group": g, "prompt": args.prompt, "new_tokens": args.new_tokens,
+        "native_tokens": native_tokens, "native_seconds": round(native_s, 3),
+        "native_tok_per_s": round(native_tps, 1),
+        "hf_new_tokens": args.hf_new_tokens, "hf_tokens": hf_tokens, "hf_seconds": round(hf_s, 3),
+        "hf_tok_per_s": round(hf_tps, 1), "speedup_vs_hf": round(native_tps / hf_tps, 2),
+        "bw_bound_tok_per_s": round(bound, 1), "share_of_bw_bound": round(native_tps / bound, 3),
+        "rollout_peak_gib": None if stats.get("peak_gib") is None else round(stats["peak_gib"], 2),
+        "kv_gib": round(stats.get("kv_gib", 0.0), 3), "cuda_graphs": bool(stats.get("graphs")),
+        "graphs_captured": stats.get("graphs_captured", 0), "sub_batches": stats.get("sub_batches"),
+        "backend": stats.get("backend"), "lora_merged": not args.no_merge and cuda,
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    line = json.dumps(result)
+    print(line)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The decoder as plain functions over `ModelW` and a preallocated KV cache (gpt-fast style).
+
+`prefill` runs the left-padded prompts once and hands each layer's K/V to the caller (who copies
+them to the prompt's G completion rows); `decode_one_token` advances every row by one token with
+fixed shapes, writing K/V in place at a device-side slot index, so it can be captured as a CUDA graph.
+
+Numerics follow transformers' Llama/Qwen code: matmuls and attention in the model dtype, RMSNorm in
+fp32, rope cos/sin computed in fp32 and cast, logits cast to fp32 before sampling. Positions of
+left-padded prompts are cumsum(mask) - 1, as generate() and `completion_logprobs` assign them.
+
+Cache layout: K and V are [layers, rows, kv_heads, slots, head_dim]. Every row's prompt occupies
+slots [0, P) left-padded (pad slots are hidden by an additive -inf bias) and generated token t sits
+in slot P + t, the same column for all rows, so one scalar slot index serves the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from rlvr.rollout.native.weights import LayerW, LinearW, ModelW
+
+
+def linear(x: torch.Tensor, lin: LinearW) -> torch.Tensor:
+    """x @ Wᵀ + b, plus each active LoRA adapter's (x @ Aᵀ @ Bᵀ) · scaling, as peft computes it."""
+    y = F.linear(x, lin.weight, lin.bias)
+    if not lin.loras:
+        return y
+    out_dtype = y.dtype
+    for a, b, b_bias, scaling in lin.loras:
+        xa = x.to(a.dtype)  # peft runs the adapter in its own dtype (fp32 adapters on a bf16 base)
+        y = y + F.linear(F.linear(xa, a), b, b_bias) * scaling
+    return y.to(out_dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm: normalise in fp32, cast back, then scale in the model dtype. F.rms_norm (one fused
+    kernel on CUDA instead of six) upcasts internally; the weight is applied after the cast, as HF does."""
+    return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
+
+
+def rope_tables(w: ModelW, max_pos: int) -> tuple[torch.Tensor, torch.Tensor]:  # [max_pos, D] each
+    """cos/sin for positions 0..max_pos-1, computed in fp32 like HF's rotary embedding, then cast."""
+    pos = torch.arange(max_pos, device=w.device, dtype=torch.float32)
+    freqs = pos[:, None] * w.inv_freq.to(w.device)[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * w.rope_scaling).to(w.dtype), (emb.sin() * w.rope_scaling).to(w.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, T, n, D] with cos/sin [B, T, 1, D]."""
+    return x * cos + _rotate_half(x) * sin
+
+
+def _qkv(w: ModelW, layer: LayerW, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """h [B, T, hidden], cos/sin [B, T, 1, D] → q [B, H, T, D], k and v [B, KV, T, D], rope applied."""
+    b, t, _ = h.shape
+    hq, hk, d = w.n_heads, w.n_kv_heads, w.head_dim
+    if layer.qkv is not None:  # merged decode copy: one matmul for q, k and v
+        qkv = linear(h, layer.qkv).view(b, t, hq + 2 * hk, d)
+        q, k, v = qkv.split([hq, hk, hk], dim=2)
+    else:
+        q = linear(h, layer.q).view(b, t, hq, d)
+        k = linear(h, layer.k).view(b, t, hk, d)
+        v = linear(h, layer.v).view(b, t, hk, d)
+    if layer.q_norm is not None:  # Qwen3: RMSNorm over each head before rope
+        q, k = _rope(rms_norm(q, layer.q_norm, w.eps), cos, sin), _rope(rms_norm(k, layer.k_norm, w.eps), cos, sin)
+    elif layer.qkv is not None:  # q and k heads are adjacent: rotate them in one pass
+        q, k = _rope(qkv[:, :, :hq + hk], cos, sin).split([hq, hk], dim=2)
+    else:
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def _finish_layer(w: ModelW, layer: LayerW, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """Residual after attention ([B, T, H*D] → o_proj), then the SwiGLU MLP block."""
+    x = x + linear(attn, layer.o)
+    h = rms_norm(x, layer.post_norm, w.eps)
+    if layer.gate_up is not None:
+        gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
+    else:
+        gate, up = linear(h, layer.gate), linear(h, layer.up)
+    return x + linear(F.silu(gate) * up, layer.down)
+
+
+def _head(w: ModelW, x: torch.Tensor) -> torch.Tensor:  # [B, hidden] → [B, V] fp32
+    return linear(rms_norm(x, w.norm, w.eps), w.lm_head).float()
+
+
+def prefill(
+    w: ModelW,
+    ids: torch.Tensor,  # [n, P] left-padded prompts
+    mask: torch.Tensor,  # [n, P]
+    cos_table: torch.Tensor,  # [max_pos, D]
+    sin_table: torch.Tensor,
+    store_kv: Callable[[int, torch.Tensor, torch.Tensor], None],  # (layer, k, v [n, KV, P, D])
+) -> torch.Tensor:  # [n, V] fp32 logits of each prompt's first completion token
+    n, p = ids.shape
+    valid = mask.bool()
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    cos, sin = cos_table[pos][:, :, None], sin_table[pos][:, :, None]  # [n, P, 1, D]
+    causal = torch.ones(p, p, dtype=torch.bool, device=ids.device).tril()
+    # Each query sees earlier real tokens; a pad query sees itself, so no row is fully masked
+    # (a fully masked softmax gives NaN, which would reach the cache and poison 0·NaN sums later).
+    allowed = (causal & valid[:, None, :]) | torch.eye(p, dtype=torch.bool, device=ids.device)
+    allowed = allowed[:, None]  # [n, 1, P, P]
+    group = w.n_heads // w.n_kv_heads
+    x = F.embedding(ids, w.embed)
+    for i, layer in enumerate(w.layers):
+        q, k, v = _qkv(w, layer, rms_norm(x, layer.input_norm, w.eps), cos, sin)
+        store_kv(i, k, v)
+        o = F.scaled_dot_product_attention(q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1),
+                                           attn_mask=allowed, scale=w.head_dim ** -0.5)
+        x = _finish_layer(w, layer, x, o.transpose(1, 2).reshape(n, p, -1))
+    return _head(w, x[:, -1])
+
+
+def decode_one_token(
+    w: ModelW,
+    tok: torch.Tensor,  # [B] the tokens to feed
+    pos: torch.Tensor,  # [B] their positions
+    slot: torch.Tensor,  # [1] the cache column they are written to
+    k_cache: torch.Tensor,  # [L, B, KV, S, D]
+    v_cache: torch.Tensor,
+    kv_bias: torch.Tensor,  # [B, S] additive: 0 on slots to attend to, -inf elsewhere (incl. `slot`)
+    kv_len: int,  # attend over slots [0, kv_len) only; > slot
+    cos_table: torch.Tensor,
+    sin_table: torch.Tensor,
+) -> torch.Tensor:  # [B, V] fp32 logits of the next token
+    """One decode step with static shapes and no host sync (capturable). Updates the cache and
+    `kv_bias` in place; `pos`/`slot` are advanced by the caller."""
+    b = tok.shape[0]
+    kv, group, d = w.n_kv_heads, w.n_heads // w.n_kv_heads, w.head_dim
+    kv_bias.index_fill_(1, slot, 0.0)
+    bias = kv_bias[:, None, None, :kv_len]  # [B, 1, 1, kv_len], broadcast over heads and queries
+    cos, sin = cos_table[pos][:, None, None], sin_table[pos][:, None, None]  # [B, 1, 1, D]
+    x = F.embedding(tok, w.embed)[:, None]  # [B, 1, hidden]
+    for i, layer in enumerate(w.layers):
+        q, k, v = _qkv(w, layer, rms_norm(x, layer.input_norm, w.eps), cos, sin)
+        k_cache[i].index_copy_(2, slot, k)
+        v_cache[i].index_copy_(2, slot, v)
+        # GQA without repeating the cache: the `group` query heads sharing a KV head become that
+        # head's query rows ([B, H, 1, D] → [B, KV, group, D]; HF maps query head h to KV head h // group).
+        q = q.reshape(b, kv, group, d)
+        o = F.scaled_dot_product_attention(q, k_cache[i, :, :, :kv_len], v_cache[i, :, :, :kv_len],
+                                           attn_mask=bias, scale=d ** -0.5)
+        x = _finish_layer(w, layer, x, o.reshape(b, 1, kv * group * d))
+    return _head(w, x[:, 0])

@@ -1,0 +1,217 @@
+"""Read a transformers Llama/Qwen2/Qwen3 model's weights for the native engine, without copying them.
+
+`read_weights` walks the HF module tree (under a peft wrapper too) and returns references to the
+live parameters: the decode step reads exactly the tensors the optimizer updates. A LoRA-wrapped
+Linear contributes its base weight plus (A, B, scaling) of each active adapter, applied as two
+extra small matmuls (x @ Aᵀ @ Bᵀ · scaling), so nothing is merged and there is no second copy.
+It is called at the start of every generate(), so adapters switched on/off or replaced are seen.
+
+Anything this reader does not understand raises `Unsupported`, and the engine falls back to hf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from rlvr.models.forward import base_causal_lm
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+# Rope types whose inverse frequencies are fixed (precomputed by HF in rotary_emb.inv_freq);
+# "dynamic" and "longrope" change with the sequence length and are left to hf.
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+class Unsupported(Exception):
+    """The model uses something the native engine does not implement."""
+
+
+@dataclass
+class LinearW:
+    weight: torch.Tensor  # [out, in]
+    bias: torch.Tensor | None = None  # [out]
+    # One (A [r, in], B [out, r], B's bias or None, scaling) per active LoRA adapter.
+    loras: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]] = field(default_factory=list)
+
+    def bytes(self) -> int:
+        n = self.weight.numel() * self.weight.element_size()
+        for a, b, _, _ in self.loras:
+            n += a.numel() * a.element_size() + b.numel() * b.element_size()
+        return n
+
+
+@dataclass
+class LayerW:
+    input_norm: torch.Tensor  # [hidden]
+    q: LinearW
+    k: LinearW
+    v: LinearW
+    o: LinearW
+    post_norm: torch.Tensor  # [hidden]
+    gate: LinearW
+    up: LinearW
+    down: LinearW
+    q_norm: torch.Tensor | None = None  # [head_dim], Qwen3: RMSNorm on each head
+    k_norm: torch.Tensor | None = None
+    qkv: LinearW | None = None  # q, k, v stacked [(H + 2·KV)·D, hidden], when merged copies exist
+    gate_up: LinearW | None = None  # gate, up stacked [2·inter, hidden]
+
+
+@dataclass
+class ModelW:
+    embed: torch.Tensor  # [V_in, hidden]
+    layers: list[LayerW]
+    norm: torch.Tensor  # [hidden]
+    lm_head: LinearW  # weight [V, hidden]; the embedding itself when tied
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    eps: float
+    inv_freq: torch.Tensor  # [head_dim / 2] fp32
+    rope_scaling: float  # HF's attention_scaling, multiplies cos/sin (1 except yarn)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm_head.weight.shape[0]
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V cached per token over all layers."""
+        return 2 * len(self.layers) * self.n_kv_heads * self.head_dim * self.embed.element_size()
+
+    def weight_bytes(self) -> int:
+        """Bytes one decode step reads from the weights (the embedding only via the tied head)."""
+        n = self.lm_head.bytes() + sum(t.numel() * t.element_size() for t in (self.norm,))
+        for layer in self.layers:
+            n += sum(lin.bytes() for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down))
+        return n
+
+
+def _merged(lin: LinearW) -> LinearW:
+    """A copy with every adapter folded in: W + scaling · B @ A (summed in fp32, cast to W's dtype)."""
+    weight = lin.weight.float()
+    bias = None if lin.bias is None else lin.bias.float()
+    for a, b, b_bias, scaling in lin.loras:
+        weight = weight + scaling * (b.float() @ a.float())
+        if b_bias is not None:
+            bias = scaling * b_bias.float() if bias is None else bias + scaling * b_bias.float()
+    return LinearW(weight.to(lin.weight.dtype), None if bias is None else bias.to(lin.weight.dtype))
+
+
+def _stacked(lins: list[LinearW]) -> LinearW:
+    """Merged copies of `lins` stacked along the output dim (one matmul instead of several)."""
+    merged = [_merged(lin) for lin in lins]
+    biases = [m.bias if m.bias is not None else torch.zeros_like(m.weight[:, 0]) for m in merged]
+    has_bias = any(m.bias is not None for m in merged)
+    return LinearW(torch.cat([m.weight for m in merged]), torch.cat(biases) if has_bias else None)
+
+
+def merge_lora(w: ModelW) -> ModelW:
+    """Decode weights with LoRA folded into copies of only the adapted matrices.
+
+    Each step then runs one matmul per projection instead of three, and q/k/v and gate/up, when
+    copied anyway, are stacked so they take one matmul each: far fewer kernels per token. Costs the
+    memory of the adapted matrices for the duration of the round; refreshed every generate() call.
+    """
+    layers = []
+    for layer in w.layers:
+        attn, mlp = [layer.q, layer.k, layer.v], [layer.gate, layer.up]
+        qkv = _stacked(attn) if any(lin.loras for lin in attn) else None
+        gate_up = _stacked(mlp) if any(lin.loras for lin in mlp) else None
+        layers.append(replace(
+            layer, qkv=qkv, gate_up=gate_up,
+            o=_merged(layer.o) if layer.o.loras else layer.o,
+            down=_merged(layer.down) if layer.down.loras else layer.down,
+        ))
+    return replace(w, layers=layers, lm_head=_merged(w.lm_head) if w.lm_head.loras else w.lm_head)
+
+
+def _linear(mod: torch.nn.Module, name: str) -> LinearW:
+    """The weight, bias and active LoRA adapters of a Linear or a peft lora.Linear wrapping one."""
+    if hasattr(mod, "base_layer") and hasattr(mod, "lora_A"):
+        base = mod.base_layer
+        if type(base) is not torch.nn.Linear:
+            raise Unsupported(f"{name}: LoRA over {type(base).__name__} (quantized?)")
+        if getattr(mod, "lora_variant", None) or any(getattr(mod, "use_dora", {}).values()):
+            raise Unsupported(f"{name}: DoRA / LoRA variants")
+        if mod.disable_adapters:
+            if mod.merged:
+                raise Unsupported(f"{name}: adapters disabled while merged")
+            return LinearW(base.weight, base.bias)
+        if mod.merged:
+            return LinearW(base.weight, base.bias)
+        loras = [(mod.lora_A[a].weight, mod.lora_B[a].weight, mod.lora_B[a].bias, float(mod.scaling[a]))
+                 for a in mod.active_adapters if a in mod.lora_A]
+        return LinearW(base.weight, base.bias, loras)
+    if type(mod) is not torch.nn.Linear:
+        raise Unsupported(f"{name}: {type(mod).__name__} is not a plain Linear")
+    if not mod.weight.is_floating_point():
+        raise Unsupported(f"{name}: {mod.weight.dtype} weights")
+    return LinearW(mod.weight, mod.bias)
+
+
+def _rms_weight(mod: torch.nn.Module, name: str) -> torch.Tensor:
+    if not hasattr(mod, "weight") or not hasattr(mod, "variance_epsilon"):
+        raise Unsupported(f"{name}: {type(mod).__name__} is not an RMSNorm")
+    return mod.weight
+
+
+def check_config(config) -> None:
+    """Raise Unsupported unless the config is one this engine computes exactly like HF."""
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise Unsupported(f"model_type {config.model_type!r}")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise Unsupported(f"hidden_act {config.hidden_act!r}")
+    if getattr(config, "use_sliding_window", False) or (
+        config.model_type == "mistral" and getattr(config, "sliding_window", None) is not None
+    ):
+        raise Unsupported("sliding-window attention")
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        raise Unsupported("layer types other than full attention")
+
+
+def read_weights(model: torch.nn.Module) -> ModelW:
+    """References to `model`'s live weights (a *ForCausalLM, possibly inside a peft PeftModel)."""
+    lm = base_causal_lm(model)
+    config = lm.config
+    check_config(config)
+    inner = lm.get_decoder()
+    rotary = getattr(inner, "rotary_emb", None)
+    rope_type = getattr(rotary, "rope_type", None)
+    if rotary is None or rope_type not in SUPPORTED_ROPE_TYPES:
+        raise Unsupported(f"rope type {rope_type!r}")
+    embed = inner.embed_tokens
+    if type(embed) is not torch.nn.Embedding:
+        raise Unsupported(f"embed_tokens is {type(embed).__name__}")
+    layers = []
+    for i, layer in enumerate(inner.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        p = f"layers.{i}"
+        q_norm = getattr(attn, "q_norm", None)
+        k_norm = getattr(attn, "k_norm", None)
+        layers.append(LayerW(
+            input_norm=_rms_weight(layer.input_layernorm, f"{p}.input_layernorm"),
+            q=_linear(attn.q_proj, f"{p}.q_proj"), k=_linear(attn.k_proj, f"{p}.k_proj"),
+            v=_linear(attn.v_proj, f"{p}.v_proj"), o=_linear(attn.o_proj, f"{p}.o_proj"),
+            post_norm=_rms_weight(layer.post_attention_layernorm, f"{p}.post_attention_layernorm"),
+            gate=_linear(mlp.gate_proj, f"{p}.gate_proj"), up=_linear(mlp.up_proj, f"{p}.up_proj"),
+            down=_linear(mlp.down_proj, f"{p}.down_proj"),
+            q_norm=None if q_norm is None else _rms_weight(q_norm, f"{p}.q_norm"),
+            k_norm=None if k_norm is None else _rms_weight(k_norm, f"{p}.k_norm"),
+        ))
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return ModelW(
+        embed=embed.weight, layers=layers, norm=_rms_weight(inner.norm, "norm"),
+        lm_head=_linear(lm.get_output_embeddings(), "lm_head"),
+        n_heads=config.num_attention_heads, n_kv_heads=config.num_key_value_heads, head_dim=head_dim,
+        eps=float(inner.norm.variance_epsilon), inv_freq=rotary.inv_freq.float(),
+        rope_scaling=float(getattr(rotary, "attention_scaling", 1.0)),
+    )

@@ -1,0 +1,202 @@
+"""The native rollout engine against transformers.generate and the trainer's log-probs (CPU, fp32)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import make_model
+
+from rlvr.models.forward import completion_logprobs
+from rlvr.models.loading import attach_lora
+from rlvr.rollout import HFEngine, SamplingParams, make_engine
+from rlvr.rollout.native import NativeEngine
+
+KINDS = ["llama", "qwen2", "qwen3"]
+TEXTS = ["hello world", "a", "the quick brown fox", "1+2="]  # ragged on purpose
+GREEDY = SamplingParams(max_new_tokens=16, do_sample=False)
+
+
+def _model(kind: str, tokenizer, **overrides):
+    model = make_model(kind, vocab_size=len(tokenizer), initializer_range=0.1, **overrides)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _prompts(tokenizer) -> list[list[int]]:
+    return [tokenizer.encode(t) for t in TEXTS]
+
+
+def _rows(rollout) -> list[list[int]]:
+    """Each completion's tokens under its mask (widths may differ between engines)."""
+    return [r[m.bool()].tolist() for r, m in zip(rollout.completion_ids, rollout.completion_mask)]
+
+
+def _set_mid_eos(model, tokenizer, prompts, params=GREEDY) -> int:
+    """Make a token that row 0 greedily emits mid-way an extra EOS id, so row 0 stops early."""
+    row = _rows(HFEngine(model, tokenizer).generate(prompts[:1], 1, params))[0]
+    step = next(k for k in range(3, len(row)) if row[k] not in row[:k])
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, row[step]]
+    return step
+
+
+def _assert_same(native, ref):
+    assert _rows(native) == _rows(ref)
+    assert native.is_eos.tolist() == ref.is_eos.tolist()
+    assert native.prompt_ids.tolist() == ref.prompt_ids.tolist()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_matches_hf_generate(kind, tokenizer):
+    model = _model(kind, tokenizer)
+    prompts = _prompts(tokenizer)
+    step = _set_mid_eos(model, tokenizer, prompts)
+    ref = HFEngine(model, tokenizer).generate(prompts, 2, GREEDY)
+    # Sync every 2 steps with compaction on, so finished rows are dropped mid-round.
+    engine = NativeEngine(model, tokenizer, sync_every=2, compact=0.25)
+    out = engine.generate(prompts, 2, GREEDY)
+    _assert_same(out, ref)
+    assert out.is_eos[0] and len(_rows(out)[0]) == step + 1  # row 0 ended at the planted EOS
+    assert not out.is_eos.all()  # and others ran to max_new_tokens
+    assert engine.last_stats["backend"] == "native" and engine.last_stats["compactions"] > 0
+
+
+def test_llama3_rope_scaling_and_tied_embeddings(tokenizer):
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8}
+    model = _model("llama", tokenizer, rope_parameters=rope, tie_word_embeddings=True)
+    assert model.model.rotary_emb.rope_type == "llama3"
+    prompts = _prompts(tokenizer)
+    _assert_same(NativeEngine(model, tokenizer).generate(prompts, 1, GREEDY),
+                 HFEngine(model, tokenizer).generate(prompts, 1, GREEDY))
+
+
+def _randomize_lora(model, seed: int, std: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["lora-matmuls", "lora-merged"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_lora_adapter_is_applied_and_refreshed(kind, merge, tokenizer):
+    model = attach_lora(_model(kind, tokenizer), rank=4, alpha=8)
+    prompts = _prompts(tokenizer)
+    engine = make_engine("native", model, tokenizer, merge_lora=merge)
+    assert isinstance(engine, NativeEngine) and engine.fallback is None
+    hf = HFEngine(model, tokenizer)
+    base = engine.generate(prompts, 1, GREEDY)  # B = 0: the base model
+
+    _randomize_lora(model, seed=1)
+    first = engine.generate(prompts, 1, GREEDY)
+    _assert_same(first, hf.generate(prompts, 1, GREEDY))
+    assert _rows(first) != _rows(base)
+
+    _randomize_lora(model, seed=2)  # the optimizer changed the adapter: the next round must see it
+    second = engine.generate(prompts, 1, GREEDY)
+    _assert_same(second, hf.generate(prompts, 1, GREEDY))
+    assert _rows(second) != _rows(first)
+
+    with model.disable_adapter():  # the reference policy
+        _assert_same(engine.generate(prompts, 1, GREEDY), base)
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["lora-matmuls", "lora-merged"])
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_match_trainer(kind, temperature, merge, tokenizer):
+    model = attach_lora(_model(kind, tokenizer), rank=4)
+    _randomize_lora(model, seed=3)
+    prompts = _prompts(tokenizer)
+    params = SamplingParams(max_new_tokens=12, temperature=temperature, top_p=0.9, top_k=20)
+    out = NativeEngine(model, tokenizer, merge_lora=merge).generate(prompts, 3, params, seed=0)
+    ref, _ = completion_logprobs(model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask,
+                                 temperature=temperature)
+    assert out.logprobs.shape == out.completion_mask.shape
+    assert (out.logprobs[out.completion_mask == 0] == 0).all()
+    torch.testing.assert_close(out.logprobs, ref, atol=1e-4, rtol=0)
+
+
+def test_seeded_sampling_is_reproducible(tokenizer):
+    model = _model("qwen2", tokenizer)
+    prompts = _prompts(tokenizer)
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, min_p=0.05, repetition_penalty=1.2)
+    engine = NativeEngine(model, tokenizer)
+    a = engine.generate(prompts, 4, params, seed=7)
+    b = engine.generate(prompts, 4, params, seed=7)
+    c = engine.generate(prompts, 4, params, seed=8)
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.logprobs, b.logprobs)
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+    rows = _rows(a)
+    assert len({tuple(r) for r in rows[:4]}) > 1  # G samples of one prompt differ
+
+
+def test_sub_batches_under_tiny_kv_budget(tokenizer):
+    model = _model("qwen3", tokenizer)
+    prompts = _prompts(tokenizer)
+    _set_mid_eos(model, tokenizer, prompts)
+    full = NativeEngine(model, tokenizer).generate(prompts, 3, GREEDY)
+    # One row's cache is 2 · 2 layers · 2 heads · 64 slots · 16 · 4 B = 32 KiB, plus sampling buffers.
+    engine = NativeEngine(model, tokenizer, kv_budget_bytes=100_000)
+    small = engine.generate(prompts, 3, GREEDY)
+    assert engine.last_stats["sub_batches"] > 1 and engine.last_stats["rows_per_batch"] < 12
+    _assert_same(small, full)
+    _assert_same(small, HFEngine(model, tokenizer).generate(prompts, 3, GREEDY))
+
+
+def test_repetition_penalty_matches_hf(tokenizer):
+    model = _model("llama", tokenizer)
+    prompts = _prompts(tokenizer)
+    params = SamplingParams(max_new_tokens=16, do_sample=False, repetition_penalty=1.5)
+    out = NativeEngine(model, tokenizer).generate(prompts, 1, params)
+    _assert_same(out, HFEngine(model, tokenizer).generate(prompts, 1, params))
+    assert _rows(out) != _rows(NativeEngine(model, tokenizer).generate(prompts, 1, GREEDY))
+
+
+def test_stop_strings_match_hf(tokenizer):
+    model = _model("llama", tokenizer)
+    prompts = _prompts(tokenizer)
+    text = tokenizer.decode(_rows(HFEngine(model, tokenizer).generate(prompts[:1], 1, GREEDY))[0])
+    params = SamplingParams(max_new_tokens=16, do_sample=False, stop_strings=(text[4:6],))
+    out = NativeEngine(model, tokenizer, sync_every=2).generate(prompts, 1, params)
+    _assert_same(out, HFEngine(model, tokenizer).generate(prompts, 1, params))
+    assert out.is_eos[0] and tokenizer.decode(_rows(out)[0]).endswith(text[4:6])
+
+
+def test_unsupported_architecture_falls_back_to_hf(tokenizer, caplog):
+    model = make_model("gpt2", vocab_size=len(tokenizer))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with caplog.at_level(logging.INFO, logger="rlvr"):
+        engine = NativeEngine(model, tokenizer)
+    assert engine.fallback is not None
+    assert any("using hf" in r.message for r in caplog.records)
+    out = engine.generate(_prompts(tokenizer), 1, GREEDY)
+    _assert_same(out, HFEngine(model, tokenizer).generate(_prompts(tokenizer), 1, GREEDY))
+    assert engine.last_stats["backend"] == "hf"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("merge", [False, True], ids=["lora-matmuls", "lora-merged"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_graph_decode_matches_hf(kind, merge, tokenizer):
+    """The captured decode path (fp32 on CUDA) against HF generate and the trainer's log-probs."""
+    model = attach_lora(_model(kind, tokenizer), rank=4).cuda()
+    _randomize_lora(model, seed=4)
+    prompts = _prompts(tokenizer)
+    _set_mid_eos(model, tokenizer, prompts)
+    engine = NativeEngine(model, tokenizer, sync_every=4, kv_bucket=64, merge_lora=merge)
+    out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=80, do_sample=False))
+    assert engine.last_stats["graphs"] and engine.last_stats["graphs_captured"] >= 2
+    _assert_same(out, HFEngine(model, tokenizer).generate(prompts, 2, SamplingParams(max_new_tokens=80,
+                                                                                      do_sample=False)))
+    params = SamplingParams(max_new_tokens=40, temperature=0.7, top_p=0.9, repetition_penalty=1.1)
+    a = engine.generate(prompts, 4, params, seed=1)
+    b = engine.generate(prompts, 4, params, seed=1)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    ref, _ = completion_logprobs(model, a.prompt_ids, a.prompt_mask, a.completion_ids, a.completion_mask,
+                                 temperature=0.7)
+    torch.testing.assert_close(a.logprobs, ref, atol=1e-4, rtol=0)
