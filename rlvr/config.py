@@ -217,6 +217,7 @@ class EvalConfig:
     do_sample: bool = False  # greedy by default; sampling when num_samples > 1
     max_new_tokens: int = 256
     batch_size: int = 64
+    rollout_backend: str = "auto"  # auto (native on CUDA, hf elsewhere) | native | hf
     seed: int = 1234
     limit: int | None = None
     output: str | None = None  # JSON result path
@@ -224,6 +225,7 @@ class EvalConfig:
     def validate(self) -> None:
         if any(k < 1 or k > self.num_samples for k in self.k):
             raise RlvrError(f"eval.k must be in 1..num_samples ({self.num_samples}), got {self.k}")
+        _choice("eval.rollout_backend", self.rollout_backend, ("auto", "hf", "native"))
         if self.num_samples > 1 and not self.do_sample:
             raise RlvrError("eval.num_samples > 1 needs do_sample: true (greedy samples are all identical)")
 

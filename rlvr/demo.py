@@ -19,15 +19,18 @@ DEMO_CONFIG: dict = {
     "model": {"model_name_or_path": "smollm2-135m-instruct", "dtype": "float32", "lora_rank": 16, "lora_alpha": 32},
     "data": {"dataset": "builtin:arithmetic", "limit": 400, "eval_size": 48, "seed": 0},
     "rewards": ["gsm8k"],
-    "eval": {"max_new_tokens": 48, "batch_size": 48, "seed": 1234},
+    "eval": {"max_new_tokens": 48, "batch_size": 48, "seed": 1234, "rollout_backend": "native"},
 }
 DEMO_SFT: dict = {"output_dir": "sft", "learning_rate": 2e-4, "per_device_train_batch_size": 8,
                   "num_train_epochs": 1.0, "max_length": 256}
-DEMO_GRPO: dict = {"output_dir": "grpo", "learning_rate": 1e-4, "num_generations": 4,
-                   "per_device_train_batch_size": 16, "max_steps": 15, "max_completion_length": 48,
+DEMO_GRPO: dict = {"output_dir": "grpo", "learning_rate": 1e-4, "num_generations": 8,
+                   "per_device_train_batch_size": 16, "max_steps": 16, "max_completion_length": 48,
+                   # On a CPU the native engine's log-probs equal the trainer's, so the TIS correction's
+                   # extra forward pass would buy nothing.
+                   "rollout_backend": "native", "vllm_importance_sampling_correction": False,
                    "temperature": 0.8, "beta": 0.0, "save_steps": 5, "warmup_ratio": 0.1,
                    "completions_log_steps": 5}
-DEMO_SFT_EXAMPLES = 96  # the first examples warm up; GRPO draws its prompts from the rest
+DEMO_SFT_EXAMPLES = 160  # the first examples warm up; GRPO draws its prompts from the rest
 
 
 def demo_configs(output_dir: str | Path, seed: int = 0, grpo_steps: int | None = None):

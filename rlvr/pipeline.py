@@ -118,6 +118,9 @@ def run_eval(cfg: RunConfig, model=None, tokenizer=None, examples=None, desc: st
         raise RlvrError("no evaluation examples: set data.eval_size > 0 or data.eval_dataset")
     if model is None:
         model, tokenizer = load_model_from_config(cfg.model)
+    from rlvr.rollout import make_engine
+
     funcs = resolve_rewards(cfg.rewards, reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag)
-    return evaluate(model, tokenizer, examples, cfg.eval, reward_funcs=funcs, reasoning_tag=cfg.data.reasoning_tag,
-                    answer_tag=cfg.data.answer_tag, desc=desc)
+    engine = make_engine(cfg.eval.rollout_backend, model, tokenizer, batch_size=cfg.eval.batch_size)
+    return evaluate(model, tokenizer, examples, cfg.eval, reward_funcs=funcs, engine=engine,
+                    reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag, desc=desc)
