@@ -113,6 +113,7 @@ class GRPOConfig:
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.1
     gradient_checkpointing: bool = False
+    bf16: bool = False  # autocast the update's forward passes to bfloat16 (fp32 weights and optimizer)
     rollout_backend: str = "auto"  # auto (native on CUDA, hf elsewhere) | native | hf
     rollout_merge_lora: bool | None = None  # native: fold LoRA into a per-round copy (faster, more memory);
     # None = on CUDA only. False applies adapters as extra matmuls: no copy, peak memory of the weights alone.
@@ -197,6 +198,7 @@ class SFTConfig:
     lr_scheduler_type: str = "linear"
     warmup_ratio: float = 0.03
     gradient_checkpointing: bool = False
+    bf16: bool = False  # autocast forward passes to bfloat16 (fp32 weights and optimizer)
     logging_steps: int = 1
 
     def validate(self) -> None:

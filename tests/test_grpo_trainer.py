@@ -84,7 +84,7 @@ def test_metrics_and_run_directory(tmp_path):
     dict(loss_type="grpo"), dict(loss_type="bnpo"), dict(loss_type="dr_grpo"), dict(loss_type="dapo"),
     dict(importance_sampling_level="sequence", num_iterations=2), dict(epsilon_high=0.28, delta=1.5),
     dict(scale_rewards="batch"), dict(scale_rewards=False), dict(mask_truncated_completions=True),
-    dict(top_k=5, top_p=0.9, min_p=0.05, repetition_penalty=1.1, temperature=0.7),
+    dict(top_k=5, top_p=0.9, min_p=0.05, repetition_penalty=1.1, temperature=0.7), dict(bf16=True),
 ])
 def test_every_variant_trains_with_finite_metrics(tmp_path, variant):
     tok = make_tokenizer()
@@ -154,3 +154,13 @@ def test_resume_mid_round_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5)
     start = adapter_state(lora_model(tok))
     assert any(not torch.equal(start[k], want[k]) for k in want)
+
+
+def test_native_rollouts_report_tis_ratios_near_one(tmp_path):
+    """On CPU fp32 the native engine's ℓ^roll equals the trainer's ℓ^old, so every TIS ratio is ~1."""
+    tok = make_tokenizer()
+    cfg = args(tmp_path, max_steps=2, rollout_backend="native")
+    GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), cfg, show_progress=False).train()
+    last = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    for name in ("min", "mean", "max"):
+        assert abs(last[f"sampling/importance_sampling_ratio/{name}"] - 1.0) < 1e-3

@@ -85,3 +85,21 @@ def test_model_loss_gradients_match_full_logits(loss_type, temperature):
     torch.testing.assert_close(loss_a, loss_b)
     for a, b in zip(grads_a, grads_b):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_autocast_bf16_runs_the_head_in_bf16_and_keeps_gradient_dtypes():
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (37,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = chunked_logprobs(h, w, t, chunk_elements=500)
+    ours.sum().backward()
+    assert ours.dtype == torch.float32 and h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = naive_logprobs(h.to(torch.bfloat16), w.to(torch.bfloat16), t)
+    ref.sum().backward()
+    torch.testing.assert_close(ours, ref, atol=1e-2, rtol=1e-2)  # same bf16 logits, fp32 softmax
+    torch.testing.assert_close(gh, h.grad, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(gw, w.grad, atol=5e-2, rtol=5e-2)

@@ -61,11 +61,34 @@ def _fused(fn, x: torch.Tensor):
     return _compiled[fn]
 
 
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast would run lm_head's matmul in here, or None when autocast is off."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
+
+
 class _ChunkedLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, chunk_elements, with_entropy):
         # hidden [N, H], weight [V, H], targets [N] → logps [N], entropy [N]
+        # Under autocast (bf16: true) the matmuls run in the autocast dtype, in backward too: the
+        # cast is made explicit here because a custom Function's backward runs outside autocast.
+        ctx.compute_dtype = _autocast_dtype(hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return _ChunkedLogprobs._forward(ctx, hidden, weight, bias, targets, temperature, chunk_elements,
+                                             with_entropy)
+
+    @staticmethod
+    def _forward(ctx, hidden, weight, bias, targets, temperature, chunk_elements, with_entropy):
         n = hidden.shape[0]
+        cd = ctx.compute_dtype
+        saved = (hidden, weight, bias)
+        hidden, weight, bias = _cast(hidden, cd), _cast(weight, cd), _cast(bias, cd)
         rows = _chunk_rows(weight.shape[0], chunk_elements)
         logps = torch.empty(n, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
@@ -77,7 +100,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             logps[s : s + rows], lse[s : s + rows] = chunk_logp, chunk_lse
             if with_entropy:
                 entropy[s : s + rows] = chunk_ent
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.save_for_backward(*saved, targets, lse)
         ctx.temperature, ctx.rows = temperature, rows
         ctx.mark_non_differentiable(entropy)
         return logps, entropy
@@ -85,9 +108,11 @@ class _ChunkedLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logps, _grad_entropy):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
-        t, rows = ctx.temperature, ctx.rows
+        t, rows, cd = ctx.temperature, ctx.rows, ctx.compute_dtype
+        grad_dtype, weight_dtype, bias_dtype = hidden.dtype, weight.dtype, None if bias is None else bias.dtype
+        hidden, weight, bias = _cast(hidden, cd), _cast(weight, cd), _cast(bias, cd)
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_h = torch.empty(hidden.shape, dtype=grad_dtype, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         math = _fused(_backward_math, hidden)
@@ -103,8 +128,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 grad_b += dlogits.float().sum(0)
         return (
             grad_h,
-            grad_w.to(weight.dtype) if need_w else None,
-            grad_b.to(bias.dtype) if need_b else None,
+            grad_w.to(weight_dtype) if need_w else None,
+            grad_b.to(bias_dtype) if need_b else None,
             None, None, None, None,
         )
 

@@ -193,9 +193,10 @@ class GRPOTrainer:
     def _policy_logps(self, mb: RoundBatch, with_entropy: bool):
         # The loss mask doubles as the completion's attention mask: a row it masks out entirely
         # needs no log-probs, and every other row's mask is its real one.
-        return completion_logprobs(self.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids,
-                                   mb.completion_mask, self.args.temperature, with_entropy,
-                                   self.args.logprob_chunk_elements)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
+            return completion_logprobs(self.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids,
+                                       mb.completion_mask, self.args.temperature, with_entropy,
+                                       self.args.logprob_chunk_elements)
 
     # ------------------------------------------------------------------ update
 
@@ -224,6 +225,10 @@ class GRPOTrainer:
                 tis = tis_weights(old, mb.rollout_logps, mb.completion_mask, a.vllm_importance_sampling_mode,
                                   a.vllm_importance_sampling_cap)
                 _add(sums, "tis", tis.expand_as(mb.completion_mask), mb.completion_mask, weight)
+                active = tis.expand_as(mb.completion_mask)[mb.completion_mask.bool()]
+                if active.numel():
+                    sums["tis_min"] = min(sums.get("tis_min", math.inf), active.min().item())
+                    sums["tis_max"] = max(sums.get("tis_max", -math.inf), active.max().item())
             out = per_token_loss(logps, mb.old_logps if self.needs_old else None, mb.advantages,
                                  mb.completion_mask, epsilon_low=a.epsilon, epsilon_high=a.epsilon_high,
                                  delta=a.delta, importance_sampling_level=a.importance_sampling_level,
@@ -246,8 +251,9 @@ class GRPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         metrics = {k: v for k, v in sums.items() if not k.startswith("tis")}
-        if "tis" in sums:
-            metrics["sampling/importance_sampling_ratio/mean"] = sums["tis"]
+        for key, name in (("tis", "mean"), ("tis_min", "min"), ("tis_max", "max")):
+            if key in sums:
+                metrics[f"sampling/importance_sampling_ratio/{name}"] = sums[key]
         metrics.update(grad_norm=grad_norm.item(), learning_rate=lr)
         return metrics
 

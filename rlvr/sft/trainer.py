@@ -89,8 +89,9 @@ class SFTTrainer:
                 n_tokens = sum(int((labels[:, 1:] != IGNORE_INDEX).sum()) for _, _, labels in micro)
                 total = 0.0
                 for ids, mask, labels in micro:
-                    logps = labelled_logprobs(self.model, ids.to(self.device), mask.to(self.device),
-                                              labels.to(self.device))
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=a.bf16):
+                        logps = labelled_logprobs(self.model, ids.to(self.device), mask.to(self.device),
+                                                  labels.to(self.device))
                     # Token-mean over the whole optimizer step, however it is split.
                     loss = -logps.sum() / max(1, n_tokens)
                     loss.backward()

@@ -48,13 +48,18 @@ class JsonlWriter:
 
 
 class Progress:
-    """A rich progress bar with the latest metrics beside it; silent when disabled."""
+    """A rich progress bar with the latest metrics beside it on a terminal; elsewhere (a log file,
+    CI) one plain line at most every 30 s. `enabled=False` or RLVR_NO_PROGRESS silences both."""
 
     def __init__(self, total: int, description: str, enabled: bool | None = None, initial: int = 0):
-        enabled = sys.stderr.isatty() if enabled is None else enabled
-        enabled = enabled and os.environ.get("RLVR_NO_PROGRESS") is None
         self._bar = None
+        self._plain = enabled is None and not sys.stderr.isatty()
+        self._total, self._done, self._description = total, initial, description
         self._last = time.monotonic()
+        if os.environ.get("RLVR_NO_PROGRESS") is not None:
+            self._plain, enabled = False, False
+        if enabled is None:
+            enabled = sys.stderr.isatty()
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
@@ -66,8 +71,12 @@ class Progress:
             self._task = self._bar.add_task(description, total=total, completed=initial, info="")
 
     def update(self, advance: int = 1, info: str = "") -> None:
+        self._done += advance
         if self._bar is not None:
             self._bar.update(self._task, advance=advance, info=info)
+        elif self._plain and (time.monotonic() - self._last > 30 or self._done == self._total):
+            self._last = time.monotonic()
+            print(f"{self._description} {self._done}/{self._total} {info}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
