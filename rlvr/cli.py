@@ -43,31 +43,34 @@ def _parse_set(values: list[str] | None) -> dict:
     return out
 
 
-def cmd_train(args) -> int:
-    from rlvr.config import GRPOConfig, load_run_config
-    from rlvr.pipeline import run_grpo
+def _training_config(args, train_cls):
+    """The run config of `rlvr train|sft`, with --set and --output-dir applied."""
+    from rlvr.config import load_run_config
 
     overrides = _parse_set(args.set)
     if args.output_dir:
         overrides.setdefault("train", {})["output_dir"] = args.output_dir
-    cfg = load_run_config(args.config, GRPOConfig, overrides)
+    return load_run_config(args.config, train_cls, overrides)
+
+
+def cmd_train(args) -> int:
+    from rlvr.config import GRPOConfig
+    from rlvr.pipeline import run_grpo
+
+    cfg = _training_config(args, GRPOConfig)
     result = run_grpo(cfg, resume=args.resume)
     if result.get("interrupted"):
-        print(f"interrupted at step {result.get('step')}; resume with: rlvr train {args.config} --resume",
-              file=sys.stderr)
+        again = f"rlvr train {args.config} --output-dir {cfg.train.output_dir} --resume"
+        print(f"interrupted at step {result.get('step')}; resume with: {again}", file=sys.stderr)
     print(json.dumps({k: result[k] for k in ("step", "reward", "run_dir") if k in result}))
     return 0
 
 
 def cmd_sft(args) -> int:
-    from rlvr.config import SFTConfig, load_run_config
+    from rlvr.config import SFTConfig
     from rlvr.pipeline import run_sft
 
-    overrides = _parse_set(args.set)
-    if args.output_dir:
-        overrides.setdefault("train", {})["output_dir"] = args.output_dir
-    cfg = load_run_config(args.config, SFTConfig, overrides)
-    result = run_sft(cfg)
+    result = run_sft(_training_config(args, SFTConfig))
     print(json.dumps({k: result[k] for k in ("step", "loss", "run_dir") if k in result}))
     return 0
 
