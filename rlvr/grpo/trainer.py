@@ -277,8 +277,7 @@ class GRPOTrainer:
         metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
         samples_log = JsonlWriter(run_dir / "samples.jsonl")
         progress = Progress(self.total_steps, "GRPO", self.show_progress, initial=self.global_step)
-        previous_handler = signal.signal(signal.SIGINT, self._request_stop) \
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+        previous_handlers = self._catch_stop_signals()
         last: dict = {}
         try:
             while self.global_step < self.total_steps and not self._stop_requested:
@@ -314,10 +313,21 @@ class GRPOTrainer:
             progress.close()
             metrics_log.close()
             samples_log.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
         save_final(self.model, run_dir)
         return {**last, "interrupted": self._stop_requested, "run_dir": str(run_dir)}
+
+    def _catch_stop_signals(self) -> dict:
+        """Ctrl-C and SIGTERM finish the current step and save, unless someone else handles them."""
+        previous = {}
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            try:
+                if signal.getsignal(sig) is default:
+                    previous[sig] = signal.signal(sig, self._request_stop)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return previous
 
     def _request_stop(self, *_):
         log.warning("interrupt: finishing this step, saving a checkpoint, then stopping")
