@@ -110,6 +110,7 @@ class GRPOConfig:
     adam_epsilon: float = 1e-8
     weight_decay: float = 0.1
     max_grad_norm: float = 0.1
+    max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row with a NaN/inf loss or gradient
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.1
     gradient_checkpointing: bool = False

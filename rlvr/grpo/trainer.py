@@ -101,6 +101,7 @@ class GRPOTrainer:
                                          (a.adam_beta1, a.adam_beta2), a.adam_epsilon, a.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, a.lr_scheduler_type, a.warmup_ratio, self.total_steps)
         self.global_step = 0
+        self.nonfinite_steps = self.nonfinite_in_a_row = 0
         self._stop_requested = False
 
     # ------------------------------------------------------------------ data
@@ -244,17 +245,28 @@ class GRPOTrainer:
                 _add(sums, "kl", out.kl, mb.completion_mask, weight)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), a.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        if torch.isfinite(grad_norm):
+        finite = bool(torch.isfinite(grad_norm)) and math.isfinite(sums["loss"])
+        if finite:
             self.optimizer.step()
+            self.nonfinite_in_a_row = 0
         else:
-            log.warning("step %d: non-finite gradient norm, update skipped", self.global_step + 1)
+            # A NaN/inf loss or gradient would poison the weights and the optimizer state: skip it.
+            self.nonfinite_steps += 1
+            self.nonfinite_in_a_row += 1
+            log.warning("step %d: non-finite loss or gradient norm, update skipped (%d in a row)",
+                        self.global_step + 1, self.nonfinite_in_a_row)
+            if self.nonfinite_in_a_row >= a.max_nonfinite_steps:
+                raise RlvrError(
+                    f"step {self.global_step + 1}: {self.nonfinite_in_a_row} optimizer steps in a row had a "
+                    "non-finite loss or gradient; lower learning_rate, check the reward functions' values, "
+                    "or use dtype float32 / bf16 instead of float16")
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         metrics = {k: v for k, v in sums.items() if not k.startswith("tis")}
         for key, name in (("tis", "mean"), ("tis_min", "min"), ("tis_max", "max")):
             if key in sums:
                 metrics[f"sampling/importance_sampling_ratio/{name}"] = sums[key]
-        metrics.update(grad_norm=grad_norm.item(), learning_rate=lr)
+        metrics.update(grad_norm=grad_norm.item(), learning_rate=lr, skipped_steps=self.nonfinite_steps)
         return metrics
 
     # ------------------------------------------------------------------ loop
@@ -262,12 +274,15 @@ class GRPOTrainer:
     def train(self, resume_from_checkpoint: str | None = None) -> dict:
         a = self.args
         run_dir = prepare_run_dir(a.output_dir)
+        # from_pretrained leaves a model in eval mode, where gradient checkpointing is off.
+        self.model.train()
         round_index, step_in_round, batch = 0, 0, None
         resume = resume_from_checkpoint or a.resume_from_checkpoint
         if resume:
             path = resolve_checkpoint(run_dir, resume)
             state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
             self.global_step = state["global_step"]
+            self.nonfinite_steps = state.get("nonfinite_steps", 0)
             round_index, step_in_round = state["round_index"], state["step_in_round"]
             if step_in_round:
                 saved = torch.load(path / "round.pt", weights_only=False)
@@ -335,7 +350,7 @@ class GRPOTrainer:
 
     def _save(self, run_dir: Path, round_index: int, step_in_round: int, partial) -> None:
         state = {"global_step": self.global_step, "round_index": round_index, "step_in_round": step_in_round,
-                 "config": asdict(self.args)}
+                 "nonfinite_steps": self.nonfinite_steps, "config": asdict(self.args)}
         # A checkpoint inside a round carries the round's tensors, so resuming replays it exactly.
         extra = None if partial is None else {"round.pt": {"batch": partial[0].to_state(), "metrics": partial[1]}}
         save_checkpoint(run_dir, self.global_step, self.model, self.optimizer, self.scheduler, state,

@@ -1,0 +1,120 @@
+"""Runs that survive faults: non-finite steps skipped, kill -9 then --resume, a crash mid-save."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tokenizer
+from safetensors.torch import load_file
+from test_grpo_trainer import args, char_score, dataset, lora_model
+
+from rlvr.errors import RlvrError
+from rlvr.grpo.trainer import GRPOTrainer
+
+
+def trainable(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
+    tok = make_tokenizer()
+    trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path, max_steps=4),
+                          show_progress=False)
+    original = trainer._policy_logps
+    calls = {"n": 0}
+
+    def poisoned(mb, with_entropy):
+        logps, ent = original(mb, with_entropy)
+        calls["n"] += 1
+        return (logps * float("nan"), ent) if calls["n"] <= 2 else (logps, ent)  # first two steps NaN
+
+    trainer._policy_logps = poisoned
+    before = trainable(trainer.model)
+    trainer.train()
+    rows = [__import__("json").loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["skipped_steps"] for r in rows] == [1, 2, 2, 2]
+    after = trainable(trainer.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # later steps did update
+    assert all(torch.isfinite(v).all() for v in after.values())
+
+    always = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(),
+                         args(tmp_path / "b", max_steps=10, max_nonfinite_steps=3), show_progress=False)
+    always._policy_logps = lambda mb, with_entropy: tuple(
+        None if x is None else x * float("nan") for x in original(mb, with_entropy))
+    with pytest.raises(RlvrError, match="3 optimizer steps in a row"):
+        always.train()
+
+
+RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import make_tokenizer
+from test_grpo_trainer import args, char_score, dataset, lora_model
+from rlvr.grpo.trainer import GRPOTrainer
+from pathlib import Path
+tok = make_tokenizer()
+cfg = args(Path({root!r}), max_steps=12, save_steps=1, steps_per_generation=2, per_device_train_batch_size=4)
+GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), cfg, show_progress=False).train({resume!r} or None)
+"""
+
+
+def run_training(root: Path, resume: str = "", kill_after_steps: int | None = None) -> int:
+    script = RUN.format(tests=str(Path(__file__).parent), root=str(root), resume=resume)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if kill_after_steps is not None:
+        metrics = root / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.is_file() and metrics.read_text().count("\n") >= kill_after_steps:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=300)
+    return proc.returncode
+
+
+def test_kill_9_then_resume_ends_with_the_uninterrupted_adapter(tmp_path):
+    assert run_training(tmp_path / "full") == 0
+    want = load_file(str(tmp_path / "full" / "run" / "final" / "adapter_model.safetensors"))
+
+    killed = tmp_path / "killed"
+    code = run_training(killed, kill_after_steps=random.Random().randint(2, 9))
+    assert code == -signal.SIGKILL
+    assert not (killed / "run" / "final").exists()
+    assert run_training(killed, resume="latest") == 0
+    got = load_file(str(killed / "run" / "final" / "adapter_model.safetensors"))
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5)
+
+
+def test_crash_during_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    import rlvr.train.checkpoint as ckpt
+
+    tok = make_tokenizer()
+    cfg = args(tmp_path, max_steps=4, save_steps=2)
+    trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), cfg, show_progress=False)
+    real_save = torch.save
+
+    def dying_save(obj, path, *a, **kw):
+        if "step-000004" in str(path):
+            raise OSError("disk died mid-save")
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(ckpt.torch, "save", dying_save)
+    with pytest.raises(OSError, match="mid-save"):
+        trainer.train()
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    root = tmp_path / "run" / "checkpoints"
+    assert (root / "latest").read_text() == "step-000002"
+    assert not (root / "step-000004").exists()
+    resumed = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), cfg, show_progress=False)
+    resumed.train(resume_from_checkpoint="latest")
+    assert resumed.global_step == 4
