@@ -118,3 +118,50 @@ def test_crash_during_save_leaves_the_previous_checkpoint_loadable(tmp_path, mon
     resumed = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), cfg, show_progress=False)
     resumed.train(resume_from_checkpoint="latest")
     assert resumed.global_step == 4
+
+
+def test_out_of_memory_in_the_update_retries_with_half_micro_batches(tmp_path):
+    tok = make_tokenizer()
+    trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path, max_steps=2),
+                          show_progress=False)
+    sizes = []
+    real = trainer._optimizer_step
+
+    def flaky(batch, micro):
+        sizes.append([m.numel() for m in micro])
+        if len(sizes) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(batch, micro)
+
+    trainer._optimizer_step = flaky
+    trainer.train()
+    assert sizes[0] == [8] and sizes[1] == [4, 4]
+    assert trainer.global_step == 2
+
+    always = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path / "b", max_steps=2),
+                         show_progress=False)
+
+    def oom(batch, micro):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    always._optimizer_step = oom
+    with pytest.raises(RlvrError, match="out of memory in the update even with half-size micro-batches"):
+        always.train()
+
+
+def test_out_of_memory_in_the_rollout_retries_with_half_sub_batches(tmp_path):
+    tok = make_tokenizer()
+    trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path, max_steps=1),
+                          show_progress=False)
+    real = trainer.engine.generate
+    seen = []
+
+    def flaky(*a, **kw):
+        seen.append(trainer.engine.batch_size)
+        if len(seen) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*a, **kw)
+
+    trainer.engine.generate = flaky
+    trainer.train()
+    assert seen == [64, 4]  # the round's 8 rows, halved

@@ -132,8 +132,7 @@ class GRPOTrainer:
         a, G = self.args, self.args.num_generations
         idx = self.round_indices(round_index)
         t0 = time.perf_counter()
-        rollout = self.engine.generate([self.prompt_ids[i] for i in idx], G, self.sampling_params(),
-                                       seed=a.seed * 1_000_003 + round_index)
+        rollout = self.generate([self.prompt_ids[i] for i in idx], seed=a.seed * 1_000_003 + round_index)
         t1 = time.perf_counter()
         texts = self.tokenizer.batch_decode(rollout.completion_ids * rollout.completion_mask
                                             + self.tokenizer.pad_token_id * (1 - rollout.completion_mask),
@@ -176,6 +175,28 @@ class GRPOTrainer:
                     "advantage": _f(advantages[i])} for i in range(min(len(texts), 2 * G))]
         return batch, metrics, samples
 
+    def generate(self, prompt_ids: list[list[int]], seed: int):
+        """The round's rollout; out of memory, retried once with half the engine's sub-batch."""
+        G, params = self.args.num_generations, self.sampling_params()
+        try:
+            return self.engine.generate(prompt_ids, G, params, seed=seed)
+        except torch.OutOfMemoryError:
+            _free_accelerator_memory()
+            rows = min(getattr(self.engine, "batch_size", None) or len(prompt_ids) * G, len(prompt_ids) * G)
+            if not hasattr(self.engine, "batch_size") or rows < 2:
+                raise RlvrError(f"step {self.global_step + 1}: out of memory in the rollout; lower "
+                                "per_device_train_batch_size, num_generations or max_completion_length") from None
+            self.engine.batch_size = rows // 2
+            log.warning("step %d: out of memory in the rollout; retrying with sub-batches of %d rows",
+                        self.global_step + 1, self.engine.batch_size)
+            try:
+                return self.engine.generate(prompt_ids, G, params, seed=seed)
+            except torch.OutOfMemoryError:
+                raise RlvrError(
+                    f"step {self.global_step + 1}: out of memory in the rollout even with sub-batches of "
+                    f"{self.engine.batch_size} rows (peak {peak_memory_gib(self.device):.1f} GiB); lower "
+                    "max_completion_length or num_generations, or set rollout_merge_lora: false") from None
+
     @torch.no_grad()
     def _logps_no_grad(self, batch: RoundBatch, adapters: bool) -> torch.Tensor:
         out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.device)
@@ -210,7 +231,26 @@ class GRPOTrainer:
         return [perm[s:s + size] for s in range(0, n, size)]
 
     def optimizer_step(self, batch: RoundBatch, micro: list[torch.Tensor]) -> dict:
-        """Forward/backward over one optimizer step's micro-batches, then clip and step."""
+        """One optimizer step; out of memory, it is retried once with every micro-batch halved
+        (the grpo, dr_grpo and dapo losses are the same however a step is split; bnpo's is not)."""
+        try:
+            return self._optimizer_step(batch, micro)
+        except torch.OutOfMemoryError:
+            self.optimizer.zero_grad(set_to_none=True)
+            _free_accelerator_memory()
+            halves = [h for index in micro for h in index.chunk(2) if h.numel()]
+            log.warning("step %d: out of memory in the update; retrying with micro-batches of %d",
+                        self.global_step + 1, max(h.numel() for h in halves))
+            try:
+                return self._optimizer_step(batch, halves)
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                raise RlvrError(
+                    f"step {self.global_step + 1}: out of memory in the update even with half-size micro-batches "
+                    f"(peak {peak_memory_gib(self.device):.1f} GiB); lower per_device_train_batch_size or "
+                    "max_completion_length, set gradient_checkpointing: true, or load_in_4bit: true") from None
+
+    def _optimizer_step(self, batch: RoundBatch, micro: list[torch.Tensor]) -> dict:
         a = self.args
         masks = [batch.completion_mask[i] for i in micro]
         shape = StepShape(num_sequences=sum(m.shape[0] for m in masks), num_tokens=int(sum(m.sum() for m in masks)),
@@ -362,6 +402,11 @@ def save_final(model, run_dir: Path) -> None:
     from rlvr.train.checkpoint import save_trainable
 
     save_trainable(model, run_dir / "final")
+
+
+def _free_accelerator_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _f(x: torch.Tensor) -> float | None:
