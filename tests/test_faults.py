@@ -165,3 +165,45 @@ def test_out_of_memory_in_the_rollout_retries_with_half_sub_batches(tmp_path):
     trainer.engine.generate = flaky
     trainer.train()
     assert seen == [64, 4]  # the round's 8 rows, halved
+
+
+SLOW_SAVE = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import torch
+import rlvr.train.checkpoint as ckpt
+real = torch.save
+def slow(obj, path, *a, **kw):
+    if "step-000004" in str(path):
+        open({marker!r}, "w").close()
+        time.sleep(60)  # killed here, half-way through writing checkpoint 4
+    return real(obj, path, *a, **kw)
+ckpt.torch.save = slow
+from conftest import make_tokenizer
+from test_grpo_trainer import args, char_score, dataset, lora_model
+from rlvr.grpo.trainer import GRPOTrainer
+from pathlib import Path
+tok = make_tokenizer()
+GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(Path({root!r}), max_steps=6, save_steps=2),
+            show_progress=False).train()
+"""
+
+
+def test_kill_9_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    marker = tmp_path / "saving"
+    script = SLOW_SAVE.format(tests=str(Path(__file__).parent), root=str(tmp_path), marker=str(marker))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), proc.stderr.read()[-2000:] if proc.poll() is not None else "never reached the save"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    root = tmp_path / "run" / "checkpoints"
+    assert (root / "latest").read_text() == "step-000002"
+    assert (root / ".tmp-step-000004").exists() and not (root / "step-000004").exists()
+    tok = make_tokenizer()
+    resumed = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path, max_steps=6, save_steps=2),
+                          show_progress=False)
+    resumed.train(resume_from_checkpoint="latest")
+    assert resumed.global_step == 6 and (root / "latest").read_text() == "step-000006"
