@@ -73,7 +73,8 @@ def run_rlvr(a) -> dict:
             "total_seconds": time.perf_counter() - t0,
             "rollout_seconds": [r["time/rollout"] for r in rows], "update_seconds": [r["time/update"] for r in rows],
             "tokens_per_second": [r["tokens_per_second"] for r in rows],
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "final_loss": last.get("loss")}
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "final_loss": last.get("loss"),
+            "estimate_gib": trainer.memory_estimate}
 
 
 def run_trl(a) -> dict:

@@ -164,3 +164,17 @@ def test_native_rollouts_report_tis_ratios_near_one(tmp_path):
     last = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     for name in ("min", "mean", "max"):
         assert abs(last[f"sampling/importance_sampling_ratio/{name}"] - 1.0) < 1e-3
+
+
+def test_memory_estimate_is_written_and_adds_up(tmp_path):
+    tok = make_tokenizer()
+    trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path, max_steps=1),
+                          show_progress=False)
+    trainer.train()
+    est = json.loads((tmp_path / "run" / "memory_estimate.json").read_text())
+    weights = sum(p.numel() * 4 for p in trainer.model.parameters() if not p.requires_grad) / 2**30
+    assert est["weights"] == pytest.approx(weights, abs=1e-3)
+    fixed = est["weights"] + est["adapters"] + est["gradients"] + est["optimizer"]
+    phases = max(est["kv_cache"] + est["decode_copy"], est["activations"] + est["loss_workspace"])
+    assert est["peak"] == pytest.approx(fixed + phases, abs=2e-3)
+    assert est["decode_copy"] == 0.0  # hf backend on CPU: no merged copy

@@ -8,6 +8,7 @@ objective.py; this file only moves tensors between them.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import resource
@@ -22,6 +23,7 @@ from rlvr.config import GRPOConfig
 from rlvr.data.templates import encode_prompt
 from rlvr.errors import RlvrError
 from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, reward_stats
+from rlvr.grpo.memory import estimate_memory, format_estimate
 from rlvr.grpo.objective import StepShape, aggregate, clip_metrics, per_token_loss, tis_weights
 from rlvr.grpo.round import RoundBatch
 from rlvr.models.forward import completion_logprobs
@@ -329,6 +331,11 @@ class GRPOTrainer:
                 batch = RoundBatch.from_state(saved["batch"], self.device)
                 round_metrics = saved["metrics"]
             log.info("resumed from %s at step %d", path, self.global_step)
+        self.memory_estimate = estimate_memory(
+            self.model, a, max(len(p) for p in self.prompt_ids),
+            merged_lora_copy=bool(getattr(self.engine, "merges_lora", False)))
+        log.info(format_estimate(self.memory_estimate))
+        (run_dir / "memory_estimate.json").write_text(json.dumps(self.memory_estimate, indent=1))
         metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
         samples_log = JsonlWriter(run_dir / "samples.jsonl")
         progress = Progress(self.total_steps, "GRPO", self.show_progress, initial=self.global_step)

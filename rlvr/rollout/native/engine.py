@@ -130,6 +130,13 @@ class NativeEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def merges_lora(self) -> bool:
+        """Whether rounds fold LoRA into a decode copy (default: on CUDA only)."""
+        if self.fallback is not None:
+            return False
+        return self.merge_lora if self.merge_lora is not None else self.device.type == "cuda"
+
     # ------------------------------------------------------------------ round
 
     @torch.no_grad()
@@ -150,7 +157,7 @@ class NativeEngine:
         if params.do_sample and params.temperature <= 0:
             params = replace(params, do_sample=False)  # T = 0 means greedy, as in vLLM
         dev = w.device
-        if self.merge_lora if self.merge_lora is not None else dev.type == "cuda":
+        if self.merges_lora:
             w = merge_lora(w)  # before the budget is measured: the copies take memory too
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))  # from the global RNG: torch.manual_seed still reproduces

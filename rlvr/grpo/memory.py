@@ -1,0 +1,64 @@
+"""A memory estimate for one GRPO step, printed before training and checked by bench/step.py.
+
+Peak = what stays (weights, adapters, their gradients, optimizer state) + the larger of the two
+phases: the rollout (KV cache, and the merged-LoRA decode copy when the native engine makes one) and
+the update (checkpointed activations, one layer's recompute, the chunked loss workspace).
+"""
+
+from __future__ import annotations
+
+import torch
+
+GIB = 2**30
+
+
+def _param_bytes(params) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def estimate_memory(model, args, prompt_length: int, merged_lora_copy: bool) -> dict[str, float]:
+    """GiB per component; `prompt_length` is the longest tokenized prompt."""
+    cfg = model.config
+    layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    inter = getattr(cfg, "intermediate_size", 4 * hidden)
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    base = [p for p in params if not p.requires_grad]
+    act_bytes = base[0].element_size() if base else trainable[0].element_size()
+    if args.bf16:
+        act_bytes = 2
+    seq = prompt_length + args.max_completion_length
+    rows_round = args.resolved_generation_batch_size
+    rows_micro = args.per_device_train_batch_size
+    optim_bytes_per_param = 2 if args.optim.endswith("8bit") and torch.cuda.is_available() else 8
+
+    est = {
+        "weights": _param_bytes(base) / GIB,
+        "adapters": _param_bytes(trainable) / GIB,
+        "gradients": _param_bytes(trainable) / GIB,
+        "optimizer": sum(p.numel() for p in trainable) * optim_bytes_per_param / GIB,
+        "kv_cache": rows_round * seq * layers * 2 * kv_heads * head_dim * act_bytes / GIB,
+        "decode_copy": 0.0,
+    }
+    if merged_lora_copy:
+        adapted = [m.base_layer.weight for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+        est["decode_copy"] = _param_bytes(adapted) / GIB
+    tokens = rows_micro * seq
+    saved_per_layer = tokens * hidden * act_bytes  # the layer input kept by checkpointing
+    one_layer = tokens * (4 * hidden + 3 * inter) * act_bytes  # its recompute: attention in/out, MLP
+    est["activations"] = (layers * saved_per_layer + one_layer if args.gradient_checkpointing
+                          else layers * (saved_per_layer + one_layer)) / GIB
+    est["loss_workspace"] = args.logprob_chunk_elements * (2 * act_bytes + 4) / GIB
+    fixed = est["weights"] + est["adapters"] + est["gradients"] + est["optimizer"]
+    rollout = est["kv_cache"] + est["decode_copy"]
+    update = est["activations"] + est["loss_workspace"]
+    est["peak"] = fixed + max(rollout, update)
+    return {k: round(v, 3) for k, v in est.items()}
+
+
+def format_estimate(est: dict[str, float]) -> str:
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in est.items() if k != "peak")
+    return f"memory estimate: peak {est['peak']:.2f} GiB ({parts})"
