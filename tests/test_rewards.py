@@ -282,7 +282,7 @@ def test_math_verify_missing_package_is_a_one_line_error(monkeypatch):
 
 
 def test_available_rewards():
-    assert available_rewards() == [*GSM8K_NAMES, "numeric_proximity", "math_verify", "gsm8k"]
+    assert available_rewards() == [*GSM8K_NAMES, "numeric_proximity", "math_verify", "code", "gsm8k"]
 
 
 @pytest.mark.parametrize("name", [*GSM8K_NAMES, "numeric_proximity", "math_verify"])

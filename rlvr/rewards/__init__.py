@@ -7,6 +7,7 @@ are). Built-ins: the GSM8K set of §9 (`gsm8k_rewards`), `numeric_proximity_rewa
 runs them over a batch and combines them into one reward per completion.
 """
 
+from rlvr.rewards.code import make_code_reward
 from rlvr.rewards.gsm8k import (
     correctness_reward,
     gsm8k_rewards,
@@ -41,6 +42,7 @@ __all__ = [
     "extract_tag",
     "gsm8k_rewards",
     "int_reward",
+    "make_code_reward",
     "make_correctness_reward",
     "make_int_reward",
     "make_math_verify_reward",

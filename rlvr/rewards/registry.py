@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from rlvr.errors import RlvrError, nearest
+from rlvr.rewards import code as code_rewards
 from rlvr.rewards import gsm8k
 from rlvr.rewards import math as math_rewards
 from rlvr.rewards.text import RewardFunc, check_tag, describe_error
@@ -34,6 +35,7 @@ _BUILTINS: dict[str, Callable[[str, str], RewardFunc]] = {
     "xml_count": gsm8k.make_xml_count_reward,
     "numeric_proximity": lambda r, a: math_rewards.make_numeric_proximity_reward(a),
     "math_verify": lambda r, a: math_rewards.make_math_verify_reward(a),
+    "code": lambda r, a: code_rewards.make_code_reward(),
 }
 
 _SETS: dict[str, tuple[str, ...]] = {

@@ -85,6 +85,9 @@ def score_completions(
         values, errors = _score_function(fn, name, outcome, batch, reward_errors, step)
         table.append(values)
         metrics.update(_function_metrics(name, values, errors))
+        # Functions that score failures 0.0 (the code sandbox) report why in `last_errors`.
+        for reason, count in (getattr(fn, "last_errors", None) or {}).items():
+            metrics[f"rewards/{name}/errors/{reason}"] = float(count)
 
     per_function = torch.tensor(table, dtype=torch.float64).reshape(len(names), batch.n).T.contiguous()  # [N, K]
     return RewardScores(
