@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import time
 
 import torch
+from report import emit
 
 from rlvr.data import encode_prompt, split_train_eval
 from rlvr.models import load_model
@@ -40,11 +40,7 @@ def main():
         tokens = int(out.completion_mask.sum())
         res[f"{name}_tok_per_s"] = round(tokens / dt, 1)
     res["speedup_vs_hf"] = round(res["native_tok_per_s"] / res["hf_tok_per_s"], 2)
-    line = json.dumps(res)
-    print(line)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write(line + "\n")
+    emit(res, a.out)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import time
 
 import torch
+from report import emit
 
 from rlvr.grpo.logprobs import chunked_logprobs
 from rlvr.grpo.objective import StepShape, aggregate, per_token_loss
@@ -104,11 +104,7 @@ def main():
                 ours, ref = res[name], res["eager"]
                 res[f"{name}_memory_ratio_vs_eager"] = round(ours["extra_peak_gib"] / ref["extra_peak_gib"], 4)
                 res[f"{name}_time_ratio_vs_eager"] = round(ours["median_s"] / ref["median_s"], 3)
-    line = json.dumps(res)
-    print(line)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write(line + "\n")
+    emit(res, a.out)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import transformers
+from report import emit
 
 from rlvr.models.loading import attach_lora
 from rlvr.rollout import HFEngine, SamplingParams
@@ -132,11 +132,7 @@ def main() -> None:
         "torch": torch.__version__, "transformers": transformers.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit(result, str(args.out) if args.out else None)
 
 
 if __name__ == "__main__":

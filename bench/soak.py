@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import emit
+
 CHILD = """
 import random, sys
 sys.path.insert(0, {tests!r})
@@ -103,10 +105,7 @@ def main():
            "exit_code": resumed.returncode, "seconds": round(time.perf_counter() - t0, 1)}
     if resumed.returncode:
         res["stderr"] = err[-500:]
-    line = json.dumps(res)
-    print(line)
-    if a.out:
-        Path(a.out).write_text(line + "\n")
+    emit(res, a.out)
 
 
 if __name__ == "__main__":

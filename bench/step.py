@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import emit
 
 HERE = Path(__file__).resolve().parent
 
@@ -135,11 +136,7 @@ def main():
             res[f"{name}_step_s"], res["trl_step_s"] = steady(r["step_seconds"]), steady(t["step_seconds"])
             res[f"{name}_step_time_ratio"] = round(res[f"{name}_step_s"] / res["trl_step_s"], 4)
             res[f"{name}_peak_memory_ratio"] = round(r["peak_gib"] / t["peak_gib"], 3)
-    line = json.dumps(res)
-    print(line)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write(line + "\n")
+    emit(res, a.out)
 
 
 if __name__ == "__main__":
