@@ -20,13 +20,15 @@ peft's merge_and_unload on a deep copy.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-from rlvr.config import ModelConfig, config_from_dict
+from rlvr.config import ModelConfig, RunConfig, config_from_dict
 from rlvr.errors import RlvrError, nearest
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -163,16 +165,37 @@ def export_run(run_dir: str | Path, merged: bool = True, dtype: str = "float16")
     full-precision base. A full fine-tuning run's `final` folder is the model itself.
     """
     run_dir, final = _check_run_dir(Path(run_dir))
-    model_cfg = _run_model_config(run_dir)
     _dtype(dtype)  # refuse a bad dtype before loading anything
-    adapter = (final / "adapter_config.json").is_file()
     if not merged:
-        if not adapter:
+        if not (final / "adapter_config.json").is_file():
             raise RlvrError(f"{final} holds a fully fine-tuned model, not a LoRA adapter; export it with merged=True "
                             "(rlvr export RUN_DIR --merged)")
-        return _copy_adapter(final, model_cfg, run_dir / "lora")
-    model, tokenizer = _load_final(final, model_cfg, adapter)
+        return _copy_adapter(final, _run_config(run_dir).model, run_dir / "lora")
+    model, tokenizer = load_run(run_dir)
     return save_merged(model, tokenizer, run_dir / "merged", dtype=dtype)
+
+
+def load_run(run_dir: str | Path):
+    """(model, tokenizer) of a finished run: its base in float32 on the CPU with final/'s adapter attached
+    (not merged), or final/ itself for a full fine-tuning run. What export_run and the GGUF export start from."""
+    run_dir, final = _check_run_dir(Path(run_dir))
+    model_cfg = _run_config(run_dir).model
+    return _load_final(final, model_cfg, (final / "adapter_config.json").is_file())
+
+
+def run_system_prompt(run_dir: str | Path) -> str | None:
+    """The system prompt the run trained with (its config's data section, resolved as training resolves
+    it), or None when the config has no data section or asks for none."""
+    run_dir = Path(run_dir)
+    raw = _read_run_yaml(run_dir)
+    if "data" not in raw:
+        return None
+    data = _run_config(run_dir).data
+    if data.system_prompt is not None:
+        return data.system_prompt or None
+    from rlvr.data.prompts import make_system_prompt
+
+    return make_system_prompt(data.reasoning_tag, data.answer_tag)
 
 
 def _check_run_dir(run_dir: Path) -> tuple[Path, Path]:
@@ -189,7 +212,7 @@ def _check_run_dir(run_dir: Path) -> tuple[Path, Path]:
     return run_dir, final
 
 
-def _run_model_config(run_dir: Path) -> ModelConfig:
+def _read_run_yaml(run_dir: Path) -> dict:
     import yaml
 
     path = run_dir / "config.yaml"
@@ -202,8 +225,12 @@ def _run_model_config(run_dir: Path) -> ModelConfig:
         raise RlvrError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise RlvrError(f"{path}: expected a mapping with a model section")
+    return raw
+
+
+def _run_config(run_dir: Path) -> RunConfig:
     # train_cls=None: the train section (GRPO or SFT) is not needed to find the model.
-    return config_from_dict(raw, train_cls=None, where=str(path)).model
+    return config_from_dict(_read_run_yaml(run_dir), train_cls=None, where=str(run_dir / "config.yaml"))
 
 
 def _load_final(final: Path, model_cfg: ModelConfig, adapter: bool):
@@ -239,6 +266,13 @@ def _dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise RlvrError(f"export dtype {name!r} is not one of {', '.join(DTYPES)}{nearest(str(name), DTYPES)}")
     return DTYPES[name]
+
+
+def announce(message: str) -> None:
+    """One line on stderr per slow step (a file written, an upload), so a long export shows where it is;
+    RLVR_NO_PROGRESS silences it as it does the progress bars."""
+    if os.environ.get("RLVR_NO_PROGRESS") is None:
+        print(f"rlvr export: {message}", file=sys.stderr, flush=True)
 
 
 def _prepare(path: str | Path) -> Path:
