@@ -1,7 +1,8 @@
 """`rlvr demo`: the whole workflow on a CPU, offline, in minutes.
 
 The bundled SmolLM2-135M-Instruct on the built-in arithmetic task: evaluate the base model, warm up
-with SFT, evaluate, train with GRPO, evaluate again on the same held-out problems, print one table.
+with SFT, evaluate, train with GRPO, evaluate again on the same held-out problems, print one table and
+write it with its chart (compare.json, compare.png) through the same report as `rlvr eval --compare`.
 The settings live in DEMO_CONFIG (mirrored, with comments, in examples/demo.yaml).
 """
 
@@ -49,7 +50,7 @@ def demo_configs(output_dir: str | Path, seed: int = 0, grpo_steps: int | None =
 
 def run_demo(output_dir: str | Path = "runs/demo", seed: int = 0, grpo_steps: int | None = None,
              show_progress: bool | None = None) -> dict:
-    from rlvr.evaluation import print_comparison, write_result
+    from rlvr.evaluation import report_comparison, write_result
     from rlvr.models import load_model_from_config
     from rlvr.pipeline import build_datasets, run_eval, run_grpo, run_sft
 
@@ -69,10 +70,12 @@ def run_demo(output_dir: str | Path = "runs/demo", seed: int = 0, grpo_steps: in
     say(f"GRPO for {grpo_cfg.train.max_steps} steps ({grpo_cfg.train.num_generations} completions per prompt)")
     run_grpo(grpo_cfg, model, tokenizer, train[DEMO_SFT_EXAMPLES:], show_progress=show_progress)
     results["grpo"] = run_eval(grpo_cfg, model, tokenizer, evals, desc="grpo")
-    print_comparison(results)
     out = Path(output_dir)
+    # The three evaluations above are the comparison: reported as they are, not run again.
+    files = report_comparison(results, out)
     write_result(results, out / "results.json")
-    say(f"done; run directory: {out.resolve()} (results.json, sft/, grpo/ with metrics.jsonl and adapters)")
+    written = "results.json, compare.json" + (", compare.png" if files.png else "")
+    say(f"done; run directory: {out.resolve()} ({written}, sft/ and grpo/ with metrics.jsonl and adapters)")
     return results
 
 
