@@ -81,3 +81,79 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+# ---------------------------------------------------------------- run.json: what a dashboard reads
+
+RUN_FILE = "run.json"
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+def write_json_atomic(path: str | Path, record: dict) -> None:
+    """Write under a temporary name in the same folder, then rename: a reader sees the old file or
+    the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in ("rlvr", "torch", "transformers", "peft"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def model_name(model) -> str | None:
+    """The hub id or folder a (peft-wrapped) model was loaded from, when it says."""
+    config = getattr(model, "config", None)  # a peft model forwards this to the base model's
+    return getattr(config, "name_or_path", None) or getattr(config, "model_type", None)
+
+
+def _now() -> str:
+    from datetime import datetime
+
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class RunStatus:
+    """run.json: trainer, model, versions, config, start time and status (running / finished / failed /
+    interrupted), rewritten atomically at the start and the end of a run."""
+
+    def __init__(self, run_dir: str | Path, trainer: str, config: dict, model: str | None = None,
+                 total_steps: int | None = None, resumed_from_step: int | None = None):
+        import socket
+
+        self.path = Path(run_dir) / RUN_FILE
+        self.record = {"status": "running", "trainer": trainer, "model": model, "started_at": _now(),
+                       "ended_at": None, "step": resumed_from_step or 0, "total_steps": total_steps,
+                       "resumed_from_step": resumed_from_step, "error": None, "pid": os.getpid(),
+                       "host": socket.gethostname(), "versions": library_versions(), "config": config}
+        write_json_atomic(self.path, self.record)
+
+    def end(self, status: str, step: int | None = None, error: str | None = None) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        self.record.update(status=status, ended_at=_now(), error=error)
+        if step is not None:
+            self.record["step"] = step
+        try:
+            write_json_atomic(self.path, self.record)
+        except OSError:  # a full disk must not hide the error that ended the run
+            pass
+
+    def end_on_exception(self, exc: BaseException, step: int | None = None) -> None:
+        """Ctrl-C that reached the trainer as KeyboardInterrupt is an interruption; anything else a failure."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.end("interrupted", step)
+        else:
+            self.end("failed", step, error=f"{type(exc).__name__}: {exc}"[:2000])
