@@ -114,18 +114,22 @@ class StepShape:
     max_completion_length: int
 
 
-def aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str, step: StepShape) -> torch.Tensor:
+def aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str, step: StepShape,
+              micro_batch_tokens: int | None = None) -> torch.Tensor:
     """This micro-batch's share of the step loss; the shares of S sum to the step's loss.
 
     Summing shares (not averaging micro-batch means) is what makes grpo, dr_grpo and dapo
-    independent of how S is split into micro-batches (semantics §5).
+    independent of how S is split into micro-batches (semantics §5). bnpo normalises by its
+    micro-batch's tokens: when a micro-batch is run in pieces (a token budget), pass the whole
+    micro-batch's count as micro_batch_tokens so the pieces add up to its loss.
     """
     masked = loss * mask
     if loss_type == "grpo":
         per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1)
         return per_seq.sum() / max(1, step.num_sequences)
     if loss_type == "bnpo":
-        return masked.sum() / mask.sum().clamp(min=1) / max(1, step.num_micro_batches)
+        tokens = mask.sum().clamp(min=1) if micro_batch_tokens is None else max(1, micro_batch_tokens)
+        return masked.sum() / tokens / max(1, step.num_micro_batches)
     if loss_type == "dr_grpo":
         return masked.sum() / max(1, step.num_sequences * step.max_completion_length)
     if loss_type == "dapo":

@@ -8,6 +8,8 @@ import math
 
 import torch
 
+from rlvr.errors import RlvrError
+
 log = logging.getLogger("rlvr")
 
 
@@ -28,6 +30,20 @@ def build_optimizer(params, optim: str, lr: float, betas: tuple[float, float], e
             return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         log.info("optim %s needs bitsandbytes on CUDA; using adamw_torch instead", optim)
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def grad_scaler(model: torch.nn.Module, device: torch.device):
+    """A loss scaler when the model computes in float16 (fp16 gradients underflow without one), else None.
+
+    Trainable parameters must be fp32 (LoRA adapters are, peft upcasts them): the scaler unscales
+    into them, and fp16 master weights would lose the small updates anyway.
+    """
+    if not any(p.dtype == torch.float16 for p in model.parameters()):
+        return None
+    if any(p.requires_grad and p.dtype == torch.float16 for p in model.parameters()):
+        raise RlvrError("float16 training needs float32 trainable weights: use LoRA (its adapters are float32), "
+                        "or model.dtype: bfloat16 / float32 for full fine-tuning")
+    return torch.amp.GradScaler(device.type)
 
 
 def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
