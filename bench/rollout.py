@@ -107,7 +107,9 @@ def main() -> None:
 
     native = NativeEngine(model, tokenizer, cuda_graphs=not args.no_graphs,
                           merge_lora=False if args.no_merge else None)
-    timed(native, prompts, g, min(32, args.new_tokens))  # warm-up: kernels, cuBLAS, allocator
+    # Warm-up round of the same shape: kernels, cuBLAS, allocator, and the compiled step pieces
+    # (training compiles once, in its first round; every later round has the same shapes).
+    timed(native, prompts, g, args.new_tokens)
     native_s, native_tokens = timed(native, prompts, g, args.new_tokens)
     stats = dict(native.last_stats)
 

@@ -52,7 +52,8 @@ def run_rlvr(a) -> dict:
                       max_completion_length=a.completion, max_steps=a.steps, learning_rate=1e-6, beta=0.0,
                       gradient_checkpointing=True, save_steps=10**9, rollout_backend=a.backend,
                       temperature=1.0, log_completions=False, optim="adamw_torch",
-                      rollout_merge_lora=a.merge_lora)
+                      rollout_merge_lora=a.merge_lora,
+                      **({"logprob_chunk_elements": a.logprob_chunk} if a.logprob_chunk else {}))
     trainer = GRPOTrainer(model, tok, [reward_len], ds, args, show_progress=False)
     torch.cuda.reset_peak_memory_stats()
     steps: list[float] = []
@@ -71,6 +72,7 @@ def run_rlvr(a) -> dict:
     step_seconds = [e - s for s, e in zip(steps, ends)]
     rows = [json.loads(line) for line in open(Path(args.output_dir) / "metrics.jsonl")]
     return {"system": "rlvr", "backend": a.backend, "merge_lora": a.merge_lora, "step_seconds": step_seconds,
+            "logprob_chunk_elements": args.logprob_chunk_elements,
             "total_seconds": time.perf_counter() - t0,
             "rollout_seconds": [r["time/rollout"] for r in rows], "update_seconds": [r["time/update"] for r in rows],
             "tokens_per_second": [r["tokens_per_second"] for r in rows],
@@ -117,6 +119,7 @@ def main():
     ap.add_argument("--backend", default="native")
     ap.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=True,
                     help="rlvr only: fold LoRA into a decode copy (faster rollouts, more memory)")
+    ap.add_argument("--logprob-chunk", type=int, default=None, help="rlvr only: logprob_chunk_elements")
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.system == "rlvr":

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
 from rlvr.rollout.engine import Rollout, SamplingParams
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
-from rlvr.rollout.native.model import decode_one_token, prefill, rope_tables
+from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
 from rlvr.rollout.native.weights import ModelW, Unsupported, merge_lora, read_weights
 from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
 
@@ -104,13 +105,16 @@ class NativeEngine:
     batch_size: optional cap on rows per sub-batch (and the hf fallback's batch size).
     merge_lora: fold LoRA into a per-round copy of the adapted matrices (q/k/v and gate/up stacked)
     instead of running the adapters as extra matmuls: ~3× fewer kernels per token, at the memory of
-    those matrices during the round. Default: on CUDA yes, on CPU no.
+    those matrices during the round. Default: on CUDA yes, on CPU no. compile: fuse each layer's
+    elementwise work with torch.compile (default: on CUDA), falling back to eager if it fails.
     """
 
     def __init__(self, model, tokenizer, kv_budget_bytes: int | None = None, sync_every: int = 16,
                  cuda_graphs: bool = True, kv_bucket: int = 256, compact: float = 0.5,
-                 batch_size: int | None = None, merge_lora: bool | None = None):
+                 batch_size: int | None = None, merge_lora: bool | None = None, compile: bool | None = None):
         self.model, self.tokenizer = model, tokenizer
+        self.compile = compile
+        self._fns: tuple[DecodeFns, Callable] | None = None
         self.kv_budget_bytes, self.sync_every, self.cuda_graphs = kv_budget_bytes, sync_every, cuda_graphs
         self.kv_bucket, self.compact, self.batch_size = kv_bucket, compact, batch_size
         self.merge_lora = merge_lora
@@ -136,6 +140,17 @@ class NativeEngine:
         if self.fallback is not None:
             return False
         return self.merge_lora if self.merge_lora is not None else self.device.type == "cuda"
+
+    def decode_fns(self, device: torch.device) -> tuple[DecodeFns, Callable]:
+        """Compiled step pieces on CUDA (default) or when asked; made once, so later rounds reuse
+        the compiled code (the first round pays the compile, ~tens of seconds)."""
+        wanted = self.compile if self.compile is not None else device.type == "cuda"
+        if not wanted:
+            return EAGER, _emit
+        if self._fns is None:
+            # Sampling and its bookkeeping are a dozen passes over [B, V] floats: fused into a few.
+            self._fns = DecodeFns.compiled(), Compiled(_emit)
+        return self._fns
 
     # ------------------------------------------------------------------ round
 
@@ -272,14 +287,15 @@ class NativeEngine:
         final_len = st.length
         row_ids = torch.arange(b, device=dev)
         caches = (k_cache, v_cache)
+        fns, emit = self.decode_fns(dev)
 
         def make_runner() -> StepRunner:
             def step_fn(kv_len: int, st=st, caches=caches) -> None:
                 logits = decode_one_token(w, st.tok, st.pos, st.slot, caches[0], caches[1], st.kv_bias, kv_len,
-                                          cos_t, sin_t)
+                                          cos_t, sin_t, fns)
                 st.pos.add_(1)
                 st.slot.add_(1)
-                _emit(st, logits, params, eos, pad, lp_temp)
+                emit(st, logits, params, eos, pad, lp_temp)
             graphs = self.cuda_graphs and dev.type == "cuda"
             return StepRunner(step_fn, graphs, torch.cuda.graph_pool_handle() if graphs else None)
 

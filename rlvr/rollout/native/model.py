@@ -15,12 +15,16 @@ in slot P + t, the same column for all rows, so one scalar slot index serves the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from rlvr.rollout.native.weights import LayerW, LinearW, ModelW
+
+log = logging.getLogger("rlvr")
 
 
 def linear(x: torch.Tensor, lin: LinearW) -> torch.Tensor:
@@ -122,6 +126,51 @@ def prefill(
     return _head(w, x[:, -1])
 
 
+def _layer_in(w: ModelW, layer: LayerW, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    return _qkv(w, layer, rms_norm(x, layer.input_norm, w.eps), cos, sin)
+
+
+@dataclass(frozen=True)
+class DecodeFns:
+    """The per-layer pieces of a decode step. `compiled()` fuses each piece's elementwise work
+    (norms, rope, residuals, SwiGLU, LoRA adds) into a few kernels with torch.compile: one compile
+    per piece serves every layer (same shapes, weights passed as inputs), and attention stays out
+    so the cache length can change without recompiling. Eager by default (CPU, tests)."""
+
+    layer_in: Callable = _layer_in
+    finish: Callable = _finish_layer
+    head: Callable = _head
+
+    @staticmethod
+    def compiled() -> DecodeFns:
+        return DecodeFns(layer_in=Compiled(_layer_in), finish=Compiled(_finish_layer), head=Compiled(_head))
+
+
+class Compiled:
+    """torch.compile(fn), falling back to fn for good (one log line) if compiling fails: a faster
+    step is an optimisation, never a reason to fail a round."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        # Default mode: no inductor CUDA graphs, since the engine captures the whole step itself.
+        self.compiled: Callable | None = torch.compile(fn, fullgraph=True, dynamic=None)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - inductor/dynamo errors have no common base class
+                log.warning("native rollout: torch.compile of %s failed (%s); running it eagerly",
+                            self.fn.__name__, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+                self.compiled = None
+        return self.fn(*args)
+
+
+EAGER = DecodeFns()
+
+
 def decode_one_token(
     w: ModelW,
     tok: torch.Tensor,  # [B] the tokens to feed
@@ -133,6 +182,7 @@ def decode_one_token(
     kv_len: int,  # attend over slots [0, kv_len) only; > slot
     cos_table: torch.Tensor,
     sin_table: torch.Tensor,
+    fns: DecodeFns = EAGER,
 ) -> torch.Tensor:  # [B, V] fp32 logits of the next token
     """One decode step with static shapes and no host sync (capturable). Updates the cache and
     `kv_bias` in place; `pos`/`slot` are advanced by the caller."""
@@ -143,7 +193,7 @@ def decode_one_token(
     cos, sin = cos_table[pos][:, None, None], sin_table[pos][:, None, None]  # [B, 1, 1, D]
     x = F.embedding(tok, w.embed)[:, None]  # [B, 1, hidden]
     for i, layer in enumerate(w.layers):
-        q, k, v = _qkv(w, layer, rms_norm(x, layer.input_norm, w.eps), cos, sin)
+        q, k, v = fns.layer_in(w, layer, x, cos, sin)
         k_cache[i].index_copy_(2, slot, k)
         v_cache[i].index_copy_(2, slot, v)
         # GQA without repeating the cache: the `group` query heads sharing a KV head become that
@@ -151,5 +201,5 @@ def decode_one_token(
         q = q.reshape(b, kv, group, d)
         o = F.scaled_dot_product_attention(q, k_cache[i, :, :, :kv_len], v_cache[i, :, :, :kv_len],
                                            attn_mask=bias, scale=d ** -0.5)
-        x = _finish_layer(w, layer, x, o.reshape(b, 1, kv * group * d))
-    return _head(w, x[:, 0])
+        x = fns.finish(w, layer, x, o.reshape(b, 1, kv * group * d))
+    return fns.head(w, x[:, 0])

@@ -1,0 +1,72 @@
+"""Where a native decode step's GPU time goes: kernels grouped by name, per decode step.
+
+Runs the native engine without CUDA graphs (so each kernel is visible to the profiler) on the
+bench/rollout.py model, and prints one JSON line: the step time, kernel count per step and the top
+kernels by GPU time per step. Eager launches add host gaps that graphs remove, so read the kernel
+times, not the wall time.
+
+    python bench/profile_decode.py --shape qwen2.5-1.5b --batch 64 --out bench/results/profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from report import emit
+from rollout import SHAPES, build_model
+
+from rlvr.rollout import SamplingParams
+from rlvr.rollout.native import NativeEngine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-1.5b")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--no-merge", action="store_true")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+
+    model, config = build_model(a.shape, torch.device("cuda"), torch.bfloat16)
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=None, decode=lambda ids: "")
+    prompts = torch.randint(1, config.vocab_size, (a.batch // a.group, a.prompt),
+                            generator=torch.Generator().manual_seed(1)).tolist()
+    engine = NativeEngine(model, tokenizer, cuda_graphs=False, merge_lora=False if a.no_merge else None,
+                          compile=not a.no_compile)
+    params = SamplingParams(max_new_tokens=a.new_tokens, temperature=1.0)
+    engine.generate(prompts, a.group, params, seed=0)  # warm-up and compile
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        engine.generate(prompts, a.group, params, seed=0)
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = collections.defaultdict(list)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[ev.name].append(ev.device_time_total)
+    steps = a.new_tokens - 1
+    total_us = sum(sum(v) for v in kernels.values())
+    top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: a.top]
+    emit({
+        "bench": "profile_decode", "shape": a.shape, "batch": a.batch, "merge_lora": not a.no_merge,
+        "compile": not a.no_compile, "decode_steps": steps,
+        "kernel_us_per_step": round(total_us / steps, 1),
+        "kernels_per_step": round(sum(len(v) for v in kernels.values()) / steps, 1),
+        "top": [{"name": name[:90], "us_per_step": round(sum(v) / steps, 1), "calls_per_step": round(len(v) / steps, 1)}
+                for name, v in top],
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }, str(a.out) if a.out else None)
+
+
+if __name__ == "__main__":
+    main()
