@@ -1,4 +1,4 @@
-"""The `rlvr` command: demo, train, sft, eval, export.
+"""The `rlvr` command: demo, train, sft, eval, export, dashboard.
 
 Errors the user can act on (RlvrError) print as one line on stderr with exit status 2, no traceback.
 """
@@ -81,6 +81,17 @@ def cmd_eval(args) -> int:
     from rlvr.pipeline import run_eval
 
     overrides = _parse_set(args.set)
+    if args.compare is not None:
+        from rlvr.evaluation import compare_stages, parse_stages
+
+        if args.adapter or args.output:
+            raise RlvrError("rlvr eval --compare: each stage names its own model and compare.json goes to "
+                            "--output-dir; drop --adapter/--output (e.g. --compare base=base,grpo=RUN_DIR)")
+        stages = parse_stages(args.compare)  # spec errors before the config and before any model loads
+        compare_stages(load_run_config(args.config, None, overrides), stages, args.output_dir)
+        return 0
+    if args.output_dir:
+        raise RlvrError("rlvr eval: --output-dir goes with --compare; for one model write the JSON with --output")
     if args.adapter:
         overrides.setdefault("model", {})["adapter_path"] = args.adapter
     cfg = load_run_config(args.config, None, overrides)
@@ -94,12 +105,35 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from rlvr.export import export_run
+    from pathlib import Path
 
-    if not args.merged:
-        raise RlvrError("rlvr export: choose what to write, e.g. --merged")
-    path = export_run(args.run_dir, merged=True, dtype=args.dtype)
-    print(f"merged model written to {path}")
+    from rlvr.export import export_run, export_run_gguf, load_run, parse_quantizations, push_to_hub, save_merged
+    from rlvr.export.hub import hub_token
+
+    if args.ollama and not args.gguf:
+        raise RlvrError("rlvr export: --ollama writes a Modelfile beside GGUF files; add --gguf f16 (or another type)")
+    if args.private and not args.push_to_hub:
+        raise RlvrError("rlvr export: --private applies to --push-to-hub REPO; add it or drop --private")
+    if not (args.merged or args.gguf or args.push_to_hub):
+        raise RlvrError("rlvr export: choose what to write: --merged, --gguf f16[,q8_0,...] or --push-to-hub REPO")
+    if args.gguf:
+        parse_quantizations(args.gguf)  # a bad type or a missing token fails before the model loads
+    if args.push_to_hub:
+        hub_token()
+    written = []
+    if args.merged or args.gguf:
+        loaded = load_run(args.run_dir)  # one load serves both outputs
+        if args.merged:
+            written.append(save_merged(*loaded, Path(args.run_dir) / "merged", dtype=args.dtype))
+            print(f"merged model written to {written[-1]}")
+        if args.gguf:
+            files = export_run_gguf(args.run_dir, args.gguf, ollama=args.ollama, loaded=loaded)
+            written += files
+            print("GGUF export written: " + ", ".join(str(f) for f in files))
+    if args.push_to_hub:
+        # Nothing else asked for: the adapter (with its tokenizer) is what gets uploaded.
+        url = push_to_hub(written or [export_run(args.run_dir, merged=False)], args.push_to_hub, private=args.private)
+        print(f"uploaded to {url}")
     return 0
 
 
@@ -107,6 +141,13 @@ def cmd_demo(args) -> int:
     from rlvr.demo import run_demo
 
     run_demo(output_dir=args.output_dir, seed=args.seed, grpo_steps=args.grpo_steps)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from rlvr.dashboard import serve
+
+    serve(args.run_dirs, host=args.host, port=args.port)
     return 0
 
 
@@ -132,19 +173,41 @@ def build_parser() -> argparse.ArgumentParser:
                            help="resume from the run directory's latest checkpoint (or a given checkpoint)")
         t.set_defaults(func=func)
 
-    e = sub.add_parser("eval", help="accuracy, format compliance, pass@k of a model on held-out problems")
+    e = sub.add_parser("eval", help="accuracy, format compliance, pass@k of a model (or several: --compare) "
+                                    "on held-out problems")
     e.add_argument("config", help="YAML run config (model, data, rewards, eval sections)")
     e.add_argument("--adapter", help="a LoRA adapter folder to evaluate (e.g. RUN_DIR/final)")
     e.add_argument("--name", default="model", help="row name in the printed table")
     e.add_argument("--output", help="write the JSON result here")
     e.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    e.add_argument("--compare", metavar="NAME=MODEL,...",
+                   help="evaluate several stages on the same problems, seed and sampling, e.g. "
+                        "base=base,sft=runs/sft,grpo=runs/grpo; MODEL is base (the config's model, no adapter), "
+                        "a run directory (its final/), an adapter folder or a merged model folder")
+    e.add_argument("--output-dir", help="with --compare: where compare.json and compare.png go "
+                                        "(default: the first run directory among the stages, else ./compare)")
     e.set_defaults(func=cmd_eval)
 
-    x = sub.add_parser("export", help="write a merged 16-bit model from a run directory")
+    x = sub.add_parser("export", help="merged model, GGUF files, Ollama Modelfile or hub upload from a run directory")
     x.add_argument("run_dir")
-    x.add_argument("--merged", action="store_true", help="merge the LoRA adapter into the base weights")
-    x.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    x.add_argument("--merged", action="store_true",
+                   help="merge the LoRA adapter into the base weights (RUN_DIR/merged)")
+    x.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="dtype of the --merged folder")
+    x.add_argument("--gguf", metavar="TYPES", help="GGUF files in RUN_DIR/gguf, comma-separated types: f16, bf16, "
+                   'q8_0; q4_k_m, q5_k_m, q4_0, ... need llama.cpp\'s quantizer (pip install "rlvr[gguf]")')
+    x.add_argument("--ollama", action="store_true", help="with --gguf: an Ollama Modelfile beside the GGUF")
+    x.add_argument("--push-to-hub", metavar="REPO", help="upload what this command wrote (the adapter if nothing "
+                   "else) to a Hugging Face repo; token from HF_TOKEN")
+    x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("dashboard", help="watch runs live in the browser: metric charts, rollouts, run status")
+    b.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or folders of them) to follow")
+    b.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
+    b.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; the page has no login)")
+    b.set_defaults(func=cmd_dashboard)
     return p
 
 

@@ -18,6 +18,7 @@ import yaml
 from rlvr.errors import RlvrError, nearest
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio")  # trackers beside metrics.jsonl (rlvr/train/trackers.py)
 
 
 @dataclass
@@ -113,7 +114,9 @@ class GRPOConfig:
     max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row with a NaN/inf loss or gradient
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.1
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | str = False  # false | true | offload (layer inputs kept in pinned CPU memory)
+    micro_batch_token_budget: int | None = None  # split micro-batches into pieces of at most this many padded
+    # tokens (rows × longest row), rows sorted by length; the loss is the same however a step is split
     bf16: bool = False  # autocast the update's forward passes to bfloat16 (fp32 weights and optimizer)
     rollout_backend: str = "auto"  # auto (native on CUDA, hf elsewhere) | native | hf
     rollout_merge_lora: bool | None = None  # native: fold LoRA into a per-round copy (faster, more memory);
@@ -125,9 +128,10 @@ class GRPOConfig:
     save_steps: int = 50
     save_total_limit: int | None = 2
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
-    report_to: str = "none"
+    report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
 
     def validate(self) -> None:
+        _choice("train.report_to", self.report_to, REPORT_TO)
         if self.num_generations < 2:
             raise RlvrError(
                 f"train.num_generations must be >= 2 (group-relative advantages need a group), "
@@ -159,6 +163,10 @@ class GRPOConfig:
         _choice("train.lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))
         _choice("train.optim", self.optim, ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adamw"))
         _choice("train.rollout_backend", self.rollout_backend, ("auto", "hf", "native"))
+        self.gradient_checkpointing = _checkpoint_mode(self.gradient_checkpointing)
+        if self.micro_batch_token_budget is not None and self.micro_batch_token_budget <= 0:
+            raise RlvrError(f"train.micro_batch_token_budget must be > 0 (or null), "
+                            f"got {self.micro_batch_token_budget}")
         for name in ("temperature", "learning_rate", "max_completion_length", "per_device_train_batch_size",
                      "gradient_accumulation_steps", "num_iterations"):
             if getattr(self, name) <= 0:
@@ -198,15 +206,27 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     lr_scheduler_type: str = "linear"
     warmup_ratio: float = 0.03
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | str = False  # false | true | offload
     bf16: bool = False  # autocast forward passes to bfloat16 (fp32 weights and optimizer)
     logging_steps: int = 1
+    report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
 
     def validate(self) -> None:
+        _choice("train.report_to", self.report_to, REPORT_TO)
         for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         _choice("train.lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))
+        self.gradient_checkpointing = _checkpoint_mode(self.gradient_checkpointing)
+
+
+def _checkpoint_mode(value: bool | str) -> bool | str:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if value not in (False, True, "offload"):
+        raise RlvrError(f"train.gradient_checkpointing: {value!r} is not one of false, true, offload"
+                        f"{nearest(str(value), ['offload'])}")
+    return value
 
 
 @dataclass

@@ -26,13 +26,15 @@ from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, rewa
 from rlvr.grpo.memory import estimate_memory, format_estimate
 from rlvr.grpo.objective import StepShape, aggregate, clip_metrics, per_token_loss, tis_weights
 from rlvr.grpo.round import RoundBatch
+from rlvr.models.checkpointing import enable_checkpointing
 from rlvr.models.forward import completion_logprobs
 from rlvr.rewards.registry import resolve_rewards
 from rlvr.rewards.scoring import score_completions
 from rlvr.rollout import SamplingParams, make_engine
 from rlvr.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from rlvr.train.optim import build_optimizer, build_scheduler, trainable_parameters
-from rlvr.train.run_dir import JsonlWriter, Progress, prepare_run_dir
+from rlvr.train.optim import build_optimizer, build_scheduler, grad_scaler, trainable_parameters
+from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir
+from rlvr.train.trackers import open_tracker
 
 log = logging.getLogger("rlvr")
 
@@ -95,15 +97,13 @@ class GRPOTrainer:
         if a.beta > 0 and not self.is_peft:
             raise RlvrError("train.beta > 0 needs a reference policy: use LoRA (the adapter-disabled model is "
                             "the reference) or set beta: 0")
-        if a.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
+        self.offloader = enable_checkpointing(model, a.gradient_checkpointing)
         self.optimizer = build_optimizer(trainable_parameters(model), a.optim, a.learning_rate,
                                          (a.adam_beta1, a.adam_beta2), a.adam_epsilon, a.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, a.lr_scheduler_type, a.warmup_ratio, self.total_steps)
+        self.scaler = grad_scaler(model, self.device)
         self.global_step = 0
-        self.nonfinite_steps = self.nonfinite_in_a_row = 0
+        self.nonfinite_steps = self.nonfinite_in_a_row = self.amp_overflow_steps = 0
         self._stop_requested = False
 
     # ------------------------------------------------------------------ data
@@ -172,7 +172,7 @@ class GRPOTrainer:
                    "time/rollout": t1 - t0, "time/score": t2 - t1,
                    "tokens_per_second": lengths.sum().item() / max(t1 - t0, 1e-9)}
         samples = [{"prompt": prompts[i] if isinstance(prompts[i], str) else prompts[i][-1]["content"],
-                    "completion": texts[i], "reward": _f(scores.total[i]),
+                    "group": i // G, "length": int(lengths[i]), "completion": texts[i], "reward": _f(scores.total[i]),
                     "rewards": {n: _f(scores.per_function[i, k]) for k, n in enumerate(scores.names)},
                     "advantage": _f(advantages[i])} for i in range(min(len(texts), 2 * G))]
         return batch, metrics, samples
@@ -205,13 +205,14 @@ class GRPOTrainer:
         bs = self.args.per_device_train_batch_size
         for s in range(0, out.shape[0], bs):
             idx = torch.arange(s, min(s + bs, out.shape[0]), device=self.device)
-            mb = batch.rows(idx)
-            if adapters:
-                lp, _ = self._policy_logps(mb, with_entropy=False)
-            else:
-                with self.model.disable_adapter():
+            for piece in self.token_budget_pieces(batch, idx):
+                mb = batch.rows(piece)
+                if adapters:
                     lp, _ = self._policy_logps(mb, with_entropy=False)
-            out[s:s + bs, :lp.shape[1]] = lp
+                else:
+                    with self.model.disable_adapter():
+                        lp, _ = self._policy_logps(mb, with_entropy=False)
+                out[piece, :lp.shape[1]] = lp
         return out
 
     def _policy_logps(self, mb: RoundBatch, with_entropy: bool):
@@ -231,6 +232,26 @@ class GRPOTrainer:
         perm = torch.randperm(n, generator=g).to(self.device)
         size = self.args.per_device_train_batch_size
         return [perm[s:s + size] for s in range(0, n, size)]
+
+    def token_budget_pieces(self, batch: RoundBatch, index: torch.Tensor) -> list[torch.Tensor]:
+        """A micro-batch split so each piece holds at most micro_batch_token_budget padded tokens.
+
+        Rows are sorted by length first, so each piece pads to similar lengths; a row longer than the
+        budget is a piece of its own. Without a budget, the micro-batch as it is.
+        """
+        budget = self.args.micro_batch_token_budget
+        if budget is None:
+            return [index]
+        lengths = batch.prompt_mask[index].sum(-1) + batch.completion_mask[index].sum(-1)
+        order = index[torch.argsort(lengths, descending=True, stable=True)]
+        lengths = lengths.sort(descending=True, stable=True).values.tolist()
+        pieces, start = [], 0
+        for i in range(1, len(lengths) + 1):
+            # Sorted descending, so the piece's padded length is its first row's length.
+            if i == len(lengths) or (i - start + 1) * lengths[start] > budget:
+                pieces.append(order[start:i])
+                start = i
+        return pieces
 
     def optimizer_step(self, batch: RoundBatch, micro: list[torch.Tensor]) -> dict:
         """One optimizer step; out of memory, it is retried once with every micro-batch halved
@@ -258,7 +279,9 @@ class GRPOTrainer:
         shape = StepShape(num_sequences=sum(m.shape[0] for m in masks), num_tokens=int(sum(m.sum() for m in masks)),
                           num_micro_batches=len(micro), max_completion_length=a.max_completion_length)
         sums: dict[str, float] = {}
-        for index in micro:
+        pieces = [(piece, int(batch.completion_mask[index].sum())) for index in micro
+                  for piece in self.token_budget_pieces(batch, index)]
+        for index, micro_batch_tokens in pieces:
             mb = batch.rows(index)
             weight = mb.completion_mask.sum().item() / max(1, shape.num_tokens)
             logps, entropy = self._policy_logps(mb, with_entropy=True)
@@ -276,8 +299,8 @@ class GRPOTrainer:
                                  mb.completion_mask, epsilon_low=a.epsilon, epsilon_high=a.epsilon_high,
                                  delta=a.delta, importance_sampling_level=a.importance_sampling_level,
                                  ref_logps=mb.ref_logps, beta=a.beta, tis=tis)
-            loss = aggregate(out.loss, mb.completion_mask, a.loss_type, shape)
-            loss.backward()
+            loss = aggregate(out.loss, mb.completion_mask, a.loss_type, shape, micro_batch_tokens)
+            self._backward(loss)
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             for k, v in clip_metrics(out.log_weights, mb.advantages, mb.completion_mask, a.epsilon,
                                      a.epsilon_high).items():
@@ -285,12 +308,24 @@ class GRPOTrainer:
             _add(sums, "entropy", entropy, mb.completion_mask, weight)
             if out.kl is not None:
                 _add(sums, "kl", out.kl, mb.completion_mask, weight)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), a.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         finite = bool(torch.isfinite(grad_norm)) and math.isfinite(sums["loss"])
+        overflow = self.scaler is not None and not finite and math.isfinite(sums["loss"])
         if finite:
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
             self.nonfinite_in_a_row = 0
+        elif overflow and self.scaler.get_scale() >= 1.0:
+            # fp16 gradients overflowed at this loss scale: the scaler lowers it and the step is
+            # skipped, as every fp16 trainer does; not a fault unless the scale collapses.
+            self.amp_overflow_steps += 1
+            log.info("step %d: fp16 gradient overflow at loss scale %g; step skipped, scale lowered",
+                     self.global_step + 1, self.scaler.get_scale())
         else:
             # A NaN/inf loss or gradient would poison the weights and the optimizer state: skip it.
             self.nonfinite_steps += 1
@@ -302,6 +337,8 @@ class GRPOTrainer:
                     f"step {self.global_step + 1}: {self.nonfinite_in_a_row} optimizer steps in a row had a "
                     "non-finite loss or gradient; lower learning_rate, check the reward functions' values, "
                     "or use dtype float32 / bf16 instead of float16")
+        if self.scaler is not None:
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         metrics = {k: v for k, v in sums.items() if not k.startswith("tis")}
@@ -309,7 +346,12 @@ class GRPOTrainer:
             if key in sums:
                 metrics[f"sampling/importance_sampling_ratio/{name}"] = sums[key]
         metrics.update(grad_norm=grad_norm.item(), learning_rate=lr, skipped_steps=self.nonfinite_steps)
+        if self.scaler is not None:
+            metrics.update({"amp/loss_scale": self.scaler.get_scale(), "amp/overflow_steps": self.amp_overflow_steps})
         return metrics
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     # ------------------------------------------------------------------ loop
 
@@ -325,6 +367,8 @@ class GRPOTrainer:
             state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
             self.global_step = state["global_step"]
             self.nonfinite_steps = state.get("nonfinite_steps", 0)
+            if self.scaler is not None and "grad_scaler" in state:
+                self.scaler.load_state_dict(state["grad_scaler"])
             round_index, step_in_round = state["round_index"], state["step_in_round"]
             if step_in_round:
                 saved = torch.load(path / "round.pt", weights_only=False)
@@ -336,6 +380,9 @@ class GRPOTrainer:
             merged_lora_copy=bool(getattr(self.engine, "merges_lora", False)))
         log.info(format_estimate(self.memory_estimate))
         (run_dir / "memory_estimate.json").write_text(json.dumps(self.memory_estimate, indent=1))
+        tracker = open_tracker(a.report_to, run_dir, asdict(a))
+        status = RunStatus(run_dir, "grpo", asdict(a), model_name(self.model), self.total_steps,
+                           resumed_from_step=self.global_step or None)
         metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
         samples_log = JsonlWriter(run_dir / "samples.jsonl")
         progress = Progress(self.total_steps, "GRPO", self.show_progress, initial=self.global_step)
@@ -361,6 +408,7 @@ class GRPOTrainer:
                             "memory/peak_gib": peak_memory_gib(self.device)}
                     if self.global_step % a.logging_steps == 0 or self.global_step == self.total_steps:
                         metrics_log.write(last)
+                        tracker.log(last, self.global_step)
                     progress.update(1, f"reward {last['reward']:.3f}  loss {last['loss']:+.4f}")
                     round_done = step_in_round == self.steps_per_round
                     if self._stop_requested or self.global_step % a.save_steps == 0 \
@@ -371,13 +419,18 @@ class GRPOTrainer:
                         break
                 if step_in_round == self.steps_per_round:
                     round_index, step_in_round, batch = round_index + 1, 0, None
+            save_final(self.model, run_dir)
+        except BaseException as e:
+            status.end_on_exception(e, self.global_step)
+            raise
         finally:
             progress.close()
             metrics_log.close()
             samples_log.close()
+            tracker.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-        save_final(self.model, run_dir)
+        status.end("interrupted" if self._stop_requested else "finished", self.global_step)
         return {**last, "interrupted": self._stop_requested, "run_dir": str(run_dir)}
 
     def _catch_stop_signals(self) -> dict:
@@ -398,6 +451,8 @@ class GRPOTrainer:
     def _save(self, run_dir: Path, round_index: int, step_in_round: int, partial) -> None:
         state = {"global_step": self.global_step, "round_index": round_index, "step_in_round": step_in_round,
                  "nonfinite_steps": self.nonfinite_steps, "config": asdict(self.args)}
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
         # A checkpoint inside a round carries the round's tensors, so resuming replays it exactly.
         extra = None if partial is None else {"round.pt": {"batch": partial[0].to_state(), "metrics": partial[1]}}
         save_checkpoint(run_dir, self.global_step, self.model, self.optimizer, self.scheduler, state,

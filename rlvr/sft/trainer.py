@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 
 import torch
 
 from rlvr.config import SFTConfig
 from rlvr.data.templates import IGNORE_INDEX, encode_sft_example
 from rlvr.errors import RlvrError
+from rlvr.models.checkpointing import enable_checkpointing
 from rlvr.models.forward import labelled_logprobs
 from rlvr.train.checkpoint import save_trainable
-from rlvr.train.optim import build_optimizer, build_scheduler, trainable_parameters
-from rlvr.train.run_dir import JsonlWriter, Progress, prepare_run_dir
+from rlvr.train.optim import build_optimizer, build_scheduler, grad_scaler, trainable_parameters
+from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir
+from rlvr.train.trackers import open_tracker
 
 
 def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -55,13 +58,11 @@ class SFTTrainer:
         micro_per_epoch = math.ceil(len(self.rows) / a.per_device_train_batch_size)
         steps_per_epoch = max(1, micro_per_epoch // a.gradient_accumulation_steps)
         self.total_steps = a.max_steps if a.max_steps > 0 else max(1, math.floor(a.num_train_epochs * steps_per_epoch))
-        if a.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
+        self.offloader = enable_checkpointing(model, a.gradient_checkpointing)
         self.optimizer = build_optimizer(trainable_parameters(model), a.optim, a.learning_rate,
                                          (a.adam_beta1, a.adam_beta2), a.adam_epsilon, a.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, a.lr_scheduler_type, a.warmup_ratio, self.total_steps)
+        self.scaler = grad_scaler(model, self.device)
 
     def batches(self):
         """Micro-batches forever, reshuffled (seeded) each epoch."""
@@ -77,6 +78,8 @@ class SFTTrainer:
     def train(self) -> dict:
         a = self.args
         run_dir = prepare_run_dir(a.output_dir)
+        tracker = open_tracker(a.report_to, run_dir, asdict(a))
+        status = RunStatus(run_dir, "sft", asdict(a), model_name(self.model), self.total_steps)
         metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
         progress = Progress(self.total_steps, "SFT", self.show_progress)
         self.model.train()
@@ -94,20 +97,32 @@ class SFTTrainer:
                                                   labels.to(self.device))
                     # Token-mean over the whole optimizer step, however it is split.
                     loss = -logps.sum() / max(1, n_tokens)
-                    loss.backward()
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
                     total += loss.item()
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), a.max_grad_norm)
                 lr = self.scheduler.get_last_lr()[0]
-                self.optimizer.step()
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 last = {"step": step, "loss": total, "grad_norm": grad_norm.item(), "learning_rate": lr,
                         "tokens": n_tokens, "time/update": time.perf_counter() - t0}
                 if step % a.logging_steps == 0 or step == self.total_steps:
                     metrics_log.write(last)
+                    tracker.log(last, step)
                 progress.update(1, f"loss {total:.4f}")
+            save_trainable(self.model, run_dir / "final")
+        except BaseException as e:
+            status.end_on_exception(e, last.get("step", 0))
+            raise
         finally:
             progress.close()
             metrics_log.close()
-        save_trainable(self.model, run_dir / "final")
+            tracker.close()
+        status.end("finished", last.get("step", 0))
         return {**last, "run_dir": str(run_dir)}
