@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 from report import emit
-from rollout import SHAPES, build_model
+from rollout import MERGE, SHAPES, build_model
 
 from rlvr.rollout import SamplingParams
 from rlvr.rollout.native import NativeEngine
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--no-merge", action="store_true")
+    ap.add_argument("--merge", choices=sorted(MERGE), default="all")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", type=Path, default=None)
@@ -41,7 +41,7 @@ def main() -> None:
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=None, decode=lambda ids: "")
     prompts = torch.randint(1, config.vocab_size, (a.batch // a.group, a.prompt),
                             generator=torch.Generator().manual_seed(1)).tolist()
-    engine = NativeEngine(model, tokenizer, cuda_graphs=False, merge_lora=False if a.no_merge else None,
+    engine = NativeEngine(model, tokenizer, cuda_graphs=False, merge_lora=MERGE[a.merge],
                           compile=not a.no_compile)
     params = SamplingParams(max_new_tokens=a.new_tokens, temperature=1.0)
     engine.generate(prompts, a.group, params, seed=0)  # warm-up and compile
@@ -57,7 +57,7 @@ def main() -> None:
     total_us = sum(sum(v) for v in kernels.values())
     top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[: a.top]
     emit({
-        "bench": "profile_decode", "shape": a.shape, "batch": a.batch, "merge_lora": not a.no_merge,
+        "bench": "profile_decode", "shape": a.shape, "batch": a.batch, "merge_lora": a.merge,
         "compile": not a.no_compile, "decode_steps": steps,
         "kernel_us_per_step": round(total_us / steps, 1),
         "kernels_per_step": round(sum(len(v) for v in kernels.values()) / steps, 1),

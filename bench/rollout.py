@@ -27,6 +27,7 @@ from rlvr.rollout.native import NativeEngine
 from rlvr.rollout.native.weights import read_weights
 
 H200_BYTES_PER_S = 4.8e12
+MERGE = {"all": None, "attention": "attention", "none": False}  # None: the engine's default (all on CUDA)
 
 SHAPES = {
     "tiny": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -90,7 +91,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=512)
     ap.add_argument("--hf-new-tokens", type=int, default=128, help="fewer tokens for the slow hf reference")
     ap.add_argument("--no-graphs", action="store_true", help="native engine without CUDA graphs")
-    ap.add_argument("--no-merge", action="store_true", help="run LoRA as extra matmuls instead of merged copies")
+    ap.add_argument("--merge", choices=["all", "attention", "none"], default="all",
+                    help="LoRA folded into copies of all adapted matrices, of q/k/v/o only, or none (extra matmuls)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -106,7 +108,7 @@ def main() -> None:
     batch = n_prompts * g
 
     native = NativeEngine(model, tokenizer, cuda_graphs=not args.no_graphs,
-                          merge_lora=False if args.no_merge else None)
+                          merge_lora=MERGE[args.merge])
     # Warm-up round of the same shape: kernels, cuBLAS, allocator, and the compiled step pieces
     # (training compiles once, in its first round; every later round has the same shapes).
     timed(native, prompts, g, args.new_tokens)
@@ -129,7 +131,7 @@ def main() -> None:
         "rollout_peak_gib": None if stats.get("peak_gib") is None else round(stats["peak_gib"], 2),
         "kv_gib": round(stats.get("kv_gib", 0.0), 3), "cuda_graphs": bool(stats.get("graphs")),
         "graphs_captured": stats.get("graphs_captured", 0), "sub_batches": stats.get("sub_batches"),
-        "backend": stats.get("backend"), "lora_merged": not args.no_merge and cuda,
+        "backend": stats.get("backend"), "lora_merge": native.merge_scope,
         "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

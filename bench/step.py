@@ -50,7 +50,7 @@ def run_rlvr(a) -> dict:
 
     args = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=a.gens, num_generations=a.gens,
                       max_completion_length=a.completion, max_steps=a.steps, learning_rate=1e-6, beta=0.0,
-                      gradient_checkpointing=True, save_steps=10**9, rollout_backend=a.backend,
+                      gradient_checkpointing=a.checkpointing, save_steps=10**9, rollout_backend=a.backend,
                       temperature=1.0, log_completions=False, optim="adamw_torch",
                       rollout_merge_lora=a.merge_lora,
                       **({"logprob_chunk_elements": a.logprob_chunk} if a.logprob_chunk else {}))
@@ -71,7 +71,8 @@ def run_rlvr(a) -> dict:
     ends = steps[1:] + [time.perf_counter()]
     step_seconds = [e - s for s, e in zip(steps, ends)]
     rows = [json.loads(line) for line in open(Path(args.output_dir) / "metrics.jsonl")]
-    return {"system": "rlvr", "backend": a.backend, "merge_lora": a.merge_lora, "step_seconds": step_seconds,
+    return {"system": "rlvr", "backend": a.backend, "merge_lora": a.merge_lora, "checkpointing": a.checkpointing,
+            "step_seconds": step_seconds,
             "logprob_chunk_elements": args.logprob_chunk_elements,
             "total_seconds": time.perf_counter() - t0,
             "rollout_seconds": [r["time/rollout"] for r in rows], "update_seconds": [r["time/update"] for r in rows],
@@ -92,10 +93,10 @@ def run_trl(a) -> dict:
     return res
 
 
-def child(a, system: str, merge_lora: bool) -> dict:
+def child(a, system: str, merge_lora: str, extra: tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, __file__, "--system", system, "--shape", a.shape, "--completion", str(a.completion),
            "--prompt", str(a.prompt), "--gens", str(a.gens), "--steps", str(a.steps), "--backend", a.backend,
-           "--merge-lora" if merge_lora else "--no-merge-lora"]
+           "--merge-lora", merge_lora, *extra]
     out = subprocess.run(cmd, capture_output=True, text=True)
     line = [x for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode or not line:
@@ -117,11 +118,15 @@ def main():
     ap.add_argument("--gens", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--backend", default="native")
-    ap.add_argument("--merge-lora", action=argparse.BooleanOptionalAction, default=True,
-                    help="rlvr only: fold LoRA into a decode copy (faster rollouts, more memory)")
+    ap.add_argument("--merge-lora", choices=["all", "attention", "none"], default="all",
+                    help="rlvr only: fold LoRA into a decode copy of all adapted matrices (fastest, most memory), "
+                         "of q/k/v/o only, or none (adapters as extra matmuls)")
+    ap.add_argument("--checkpointing", choices=["true", "offload"], default="true", help="rlvr only")
     ap.add_argument("--logprob-chunk", type=int, default=None, help="rlvr only: logprob_chunk_elements")
     ap.add_argument("--out")
     a = ap.parse_args()
+    a.merge_lora = {"all": True, "attention": "attention", "none": False}[a.merge_lora]
+    a.checkpointing = True if a.checkpointing == "true" else "offload"
     if a.system == "rlvr":
         print(json.dumps(run_rlvr(a)))
         return
@@ -130,10 +135,14 @@ def main():
         return
     res = {"bench": "step", "shape": a.shape, "completion": a.completion, "prompt": a.prompt, "gens": a.gens,
            "steps": a.steps, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "date": datetime.date.today().isoformat(), "rlvr": child(a, "rlvr", True),
-           "rlvr_unmerged": child(a, "rlvr", False), "trl": run_trl(a)}
+           "date": datetime.date.today().isoformat(), "rlvr": child(a, "rlvr", "all"),
+           "rlvr_unmerged": child(a, "rlvr", "none"),
+           # The frugal setting: q/k/v/o merged only, offloaded checkpointing, a smaller loss chunk.
+           "rlvr_attention_merged": child(a, "rlvr", "attention",
+                                          ("--checkpointing", "offload", "--logprob-chunk", str(1 << 24))),
+           "trl": run_trl(a)}
     t = res["trl"]
-    for name in ("rlvr", "rlvr_unmerged"):
+    for name in ("rlvr", "rlvr_unmerged", "rlvr_attention_merged"):
         r = res[name]
         if "step_seconds" in r and "step_seconds" in t:
             res[f"{name}_step_s"], res["trl_step_s"] = steady(r["step_seconds"]), steady(t["step_seconds"])

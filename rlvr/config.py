@@ -119,8 +119,9 @@ class GRPOConfig:
     # tokens (rows × longest row), rows sorted by length; the loss is the same however a step is split
     bf16: bool = False  # autocast the update's forward passes to bfloat16 (fp32 weights and optimizer)
     rollout_backend: str = "auto"  # auto (native on CUDA, hf elsewhere) | native | hf
-    rollout_merge_lora: bool | None = None  # native: fold LoRA into a per-round copy (faster, more memory);
-    # None = on CUDA only. False applies adapters as extra matmuls: no copy, peak memory of the weights alone.
+    rollout_merge_lora: bool | str | None = None  # native: fold LoRA into a per-round copy (faster, more
+    # memory); None = on CUDA only. "attention": copy q/k/v/o only (an eighth of the memory), MLP adapters as
+    # fused matmuls. False applies adapters as extra matmuls: no copy, peak memory of the weights alone.
     logprob_chunk_elements: int = 1 << 26
     logging_steps: int = 1
     log_completions: bool = True
@@ -164,6 +165,7 @@ class GRPOConfig:
         _choice("train.optim", self.optim, ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adamw"))
         _choice("train.rollout_backend", self.rollout_backend, ("auto", "hf", "native"))
         self.gradient_checkpointing = _checkpoint_mode(self.gradient_checkpointing)
+        _choice("train.rollout_merge_lora", self.rollout_merge_lora, (None, True, False, "attention"))
         if self.micro_batch_token_budget is not None and self.micro_batch_token_budget <= 0:
             raise RlvrError(f"train.micro_batch_token_budget must be > 0 (or null), "
                             f"got {self.micro_batch_token_budget}")

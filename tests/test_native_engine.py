@@ -12,6 +12,12 @@ from rlvr.models.forward import completion_logprobs
 from rlvr.models.loading import attach_lora
 from rlvr.rollout import HFEngine, SamplingParams, make_engine
 from rlvr.rollout.native import NativeEngine
+from rlvr.rollout.native.model import decode_one_token, rope_tables
+from rlvr.rollout.native.weights import fuse_lora, merge_lora, read_weights
+
+# False: every adapter as extra matmuls (q/k/v and gate/up fused); True: all adapted matrices merged
+# into a round copy; "attention": q/k/v/o merged, MLP adapters fused.
+MERGE_MODES, MERGE_IDS = [False, True, "attention"], ["lora-matmuls", "lora-merged", "lora-merge-attention"]
 
 KINDS = ["llama", "qwen2", "qwen3"]
 TEXTS = ["hello world", "a", "the quick brown fox", "1+2="]  # ragged on purpose
@@ -80,7 +86,7 @@ def _randomize_lora(model, seed: int, std: float = 0.3) -> None:
             p.data.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-@pytest.mark.parametrize("merge", [False, True], ids=["lora-matmuls", "lora-merged"])
+@pytest.mark.parametrize("merge", MERGE_MODES, ids=MERGE_IDS)
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 def test_lora_adapter_is_applied_and_refreshed(kind, merge, tokenizer):
     model = attach_lora(_model(kind, tokenizer), rank=4, alpha=8)
@@ -104,7 +110,7 @@ def test_lora_adapter_is_applied_and_refreshed(kind, merge, tokenizer):
         _assert_same(engine.generate(prompts, 1, GREEDY), base)
 
 
-@pytest.mark.parametrize("merge", [False, True], ids=["lora-matmuls", "lora-merged"])
+@pytest.mark.parametrize("merge", MERGE_MODES, ids=MERGE_IDS)
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_match_trainer(kind, temperature, merge, tokenizer):
@@ -180,7 +186,7 @@ def test_unsupported_architecture_falls_back_to_hf(tokenizer, caplog):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("merge", [False, True], ids=["lora-matmuls", "lora-merged"])
+@pytest.mark.parametrize("merge", MERGE_MODES, ids=MERGE_IDS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_graph_decode_matches_hf(kind, merge, tokenizer):
     """The captured decode path (fp32 on CUDA) against HF generate and the trainer's log-probs."""
@@ -219,3 +225,49 @@ def test_compiled_decode_step_equals_eager(tokenizer):
     assert compiled_engine._fns[0].layer_in.compiled is not None  # compiled, not fallen back to eager
     assert torch.equal(compiled.completion_ids, eager.completion_ids)
     torch.testing.assert_close(compiled.logprobs, eager.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def _decode_logits(w, vocab: int, seed: int = 0) -> torch.Tensor:
+    """One decode step from an empty-but-one-slot cache, for comparing weight layouts."""
+    b, slots = 3, 8
+    g = torch.Generator().manual_seed(seed)
+    shape = (len(w.layers), b, w.n_kv_heads, slots, w.head_dim)
+    k, v = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    bias = torch.zeros(b, slots)
+    cos, sin = rope_tables(w, 16)
+    tok = torch.randint(0, vocab, (b,), generator=g)
+    return decode_one_token(w, tok, torch.tensor([3, 4, 5]), torch.tensor([5]), k, v, bias, 6, cos, sin)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_fused_and_partly_merged_lora_compute_what_separate_adapters_do(kind, tokenizer):
+    model = attach_lora(_model(kind, tokenizer), rank=4, alpha=8)
+    _randomize_lora(model, seed=5)
+    w = read_weights(model)
+    reference = _decode_logits(w, len(tokenizer))
+    fused = fuse_lora(w)
+    layer = fused.layers[0]
+    assert layer.qkv_lora is not None and layer.gate_up_lora is not None
+    assert not layer.q.loras and not layer.gate.loras and layer.o.loras and layer.down.loras
+    assert layer.q.weight is w.layers[0].q.weight  # the base matrices are not copied
+    torch.testing.assert_close(_decode_logits(fused, len(tokenizer)), reference, atol=1e-5, rtol=1e-5)
+    partly = merge_lora(w, "attention")
+    layer = partly.layers[0]
+    assert layer.qkv is not None and not layer.o.loras and layer.gate_up_lora is not None and layer.down.loras
+    assert layer.gate.weight is w.layers[0].gate.weight
+    torch.testing.assert_close(_decode_logits(partly, len(tokenizer)), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_two_active_adapters_are_not_fused(tokenizer):
+    from peft import LoraConfig
+
+    model = attach_lora(_model("llama", tokenizer), rank=4, alpha=8)
+    model.add_adapter("second", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj"]))
+    model.base_model.set_adapter(["default", "second"])
+    _randomize_lora(model, seed=6)
+    w = read_weights(model)
+    fused = fuse_lora(w)
+    assert fused.layers[0].qkv_lora is None and len(fused.layers[0].q.loras) == 2  # left as they were
+    assert fused.layers[0].gate_up_lora is not None  # only "default" adapts the MLP
+    torch.testing.assert_close(_decode_logits(fused, len(tokenizer)), _decode_logits(w, len(tokenizer)),
+                               atol=1e-5, rtol=1e-5)

@@ -16,8 +16,12 @@ def _param_bytes(params) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
-def estimate_memory(model, args, prompt_length: int, merged_lora_copy: bool) -> dict[str, float]:
-    """GiB per component; `prompt_length` is the longest tokenized prompt."""
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def estimate_memory(model, args, prompt_length: int, merged_lora_copy: bool | str) -> dict[str, float]:
+    """GiB per component; `prompt_length` is the longest tokenized prompt. merged_lora_copy: the
+    native engine's merge scope ('all' or True, 'attention'), or False/None for none."""
     cfg = model.config
     layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
     heads = cfg.num_attention_heads
@@ -44,7 +48,10 @@ def estimate_memory(model, args, prompt_length: int, merged_lora_copy: bool) -> 
         "decode_copy": 0.0,
     }
     if merged_lora_copy:
-        adapted = [m.base_layer.weight for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+        only_attention = merged_lora_copy == "attention"
+        adapted = [m.base_layer.weight for name, m in model.named_modules()
+                   if hasattr(m, "lora_A") and hasattr(m, "base_layer")
+                   and (not only_attention or name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS)]
         est["decode_copy"] = _param_bytes(adapted) / GIB
     tokens = rows_micro * seq
     saved_per_layer = tokens * hidden * act_bytes  # the layer input kept by checkpointing

@@ -377,7 +377,7 @@ class GRPOTrainer:
             log.info("resumed from %s at step %d", path, self.global_step)
         self.memory_estimate = estimate_memory(
             self.model, a, max(len(p) for p in self.prompt_ids),
-            merged_lora_copy=bool(getattr(self.engine, "merges_lora", False)))
+            merged_lora_copy=getattr(self.engine, "merge_scope", None) or False)
         log.info(format_estimate(self.memory_estimate))
         (run_dir / "memory_estimate.json").write_text(json.dumps(self.memory_estimate, indent=1))
         tracker = open_tracker(a.report_to, run_dir, asdict(a))

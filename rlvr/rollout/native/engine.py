@@ -21,7 +21,7 @@ import torch
 from rlvr.rollout.engine import Rollout, SamplingParams
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
-from rlvr.rollout.native.weights import ModelW, Unsupported, merge_lora, read_weights
+from rlvr.rollout.native.weights import MERGE_SCOPES, ModelW, Unsupported, fuse_lora, merge_lora, read_weights
 from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
 
 log = logging.getLogger("rlvr")
@@ -105,18 +105,23 @@ class NativeEngine:
     batch_size: optional cap on rows per sub-batch (and the hf fallback's batch size).
     merge_lora: fold LoRA into a per-round copy of the adapted matrices (q/k/v and gate/up stacked)
     instead of running the adapters as extra matmuls: ~3× fewer kernels per token, at the memory of
-    those matrices during the round. Default: on CUDA yes, on CPU no. compile: fuse each layer's
+    those matrices during the round; 'attention' merges only q/k/v/o (an eighth of the memory) and
+    runs the MLP adapters fused; False runs every adapter as extra matmuls, those of q/k/v and of
+    gate/up fused into one pair each. Default: on CUDA True, on CPU False. compile: fuse each layer's
     elementwise work with torch.compile (default: on CUDA), falling back to eager if it fails.
     """
 
     def __init__(self, model, tokenizer, kv_budget_bytes: int | None = None, sync_every: int = 16,
                  cuda_graphs: bool = True, kv_bucket: int = 256, compact: float = 0.5,
-                 batch_size: int | None = None, merge_lora: bool | None = None, compile: bool | None = None):
+                 batch_size: int | None = None, merge_lora: bool | str | None = None,
+                 compile: bool | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.compile = compile
         self._fns: tuple[DecodeFns, Callable] | None = None
         self.kv_budget_bytes, self.sync_every, self.cuda_graphs = kv_budget_bytes, sync_every, cuda_graphs
         self.kv_bucket, self.compact, self.batch_size = kv_bucket, compact, batch_size
+        if merge_lora not in (None, True, False, *MERGE_SCOPES):
+            raise ValueError(f"merge_lora must be True, False, None or one of {MERGE_SCOPES}, got {merge_lora!r}")
         self.merge_lora = merge_lora
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.last_stats: dict = {}
@@ -135,11 +140,17 @@ class NativeEngine:
         return next(self.model.parameters()).device
 
     @property
-    def merges_lora(self) -> bool:
-        """Whether rounds fold LoRA into a decode copy (default: on CUDA only)."""
+    def merge_scope(self) -> str | None:
+        """What rounds fold LoRA into decode copies of: 'all' adapted matrices (default on CUDA),
+        'attention' (q/k/v/o only), or None (adapters run as fused extra matmuls; default on CPU)."""
         if self.fallback is not None:
-            return False
-        return self.merge_lora if self.merge_lora is not None else self.device.type == "cuda"
+            return None
+        merge = self.merge_lora if self.merge_lora is not None else self.device.type == "cuda"
+        return "all" if merge is True else (merge or None)
+
+    @property
+    def merges_lora(self) -> bool:
+        return self.merge_scope is not None
 
     def decode_fns(self, device: torch.device) -> tuple[DecodeFns, Callable]:
         """Compiled step pieces on CUDA (default) or when asked; made once, so later rounds reuse
@@ -172,8 +183,9 @@ class NativeEngine:
         if params.do_sample and params.temperature <= 0:
             params = replace(params, do_sample=False)  # T = 0 means greedy, as in vLLM
         dev = w.device
-        if self.merges_lora:
-            w = merge_lora(w)  # before the budget is measured: the copies take memory too
+        scope = self.merge_scope
+        # Before the budget is measured: merged copies take memory too.
+        w = merge_lora(w, scope) if scope else fuse_lora(w)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))  # from the global RNG: torch.manual_seed still reproduces
         gen = torch.Generator(device=dev).manual_seed(seed)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlvr.rollout.native.weights import LayerW, LinearW, ModelW
+from rlvr.rollout.native.weights import FusedLoraW, LayerW, LinearW, ModelW
 
 log = logging.getLogger("rlvr")
 
@@ -37,6 +37,11 @@ def linear(x: torch.Tensor, lin: LinearW) -> torch.Tensor:
         xa = x.to(a.dtype)  # peft runs the adapter in its own dtype (fp32 adapters on a bf16 base)
         y = y + F.linear(F.linear(xa, a), b, b_bias) * scaling
     return y.to(out_dtype)
+
+
+def fused_lora(x: torch.Tensor, f: FusedLoraW) -> list[torch.Tensor]:
+    """Each projection's LoRA output (x @ Aᵀ @ Bᵀ · scaling) from one pair of matmuls, in the adapter dtype."""
+    return list((F.linear(F.linear(x.to(f.a.dtype), f.a), f.b) * f.scaling).split(f.splits, dim=-1))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -71,9 +76,11 @@ def _qkv(w: ModelW, layer: LayerW, h: torch.Tensor, cos: torch.Tensor, sin: torc
         qkv = linear(h, layer.qkv).view(b, t, hq + 2 * hk, d)
         q, k, v = qkv.split([hq, hk, hk], dim=2)
     else:
-        q = linear(h, layer.q).view(b, t, hq, d)
-        k = linear(h, layer.k).view(b, t, hk, d)
-        v = linear(h, layer.v).view(b, t, hk, d)
+        q, k, v = linear(h, layer.q), linear(h, layer.k), linear(h, layer.v)
+        if layer.qkv_lora is not None:
+            dq, dk, dv = fused_lora(h, layer.qkv_lora)
+            q, k, v = (q + dq).to(q.dtype), (k + dk).to(k.dtype), (v + dv).to(v.dtype)
+        q, k, v = q.view(b, t, hq, d), k.view(b, t, hk, d), v.view(b, t, hk, d)
     if layer.q_norm is not None:  # Qwen3: RMSNorm over each head before rope
         q, k = _rope(rms_norm(q, layer.q_norm, w.eps), cos, sin), _rope(rms_norm(k, layer.k_norm, w.eps), cos, sin)
     elif layer.qkv is not None:  # q and k heads are adjacent: rotate them in one pass
@@ -91,6 +98,9 @@ def _finish_layer(w: ModelW, layer: LayerW, x: torch.Tensor, attn: torch.Tensor)
         gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
     else:
         gate, up = linear(h, layer.gate), linear(h, layer.up)
+        if layer.gate_up_lora is not None:
+            dg, du = fused_lora(h, layer.gate_up_lora)
+            gate, up = (gate + dg).to(gate.dtype), (up + du).to(up.dtype)
     return x + linear(F.silu(gate) * up, layer.down)
 
 

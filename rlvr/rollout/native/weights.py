@@ -42,6 +42,20 @@ class LinearW:
 
 
 @dataclass
+class FusedLoraW:
+    """One adapter over projections that read the same input (q/k/v, or gate/up), applied as two
+    matmuls for all of them instead of two each: x @ [A_1; A_2; …]ᵀ, then a block-diagonal B. The
+    off-diagonal zeros add exact zeros, so each output is what its own x @ Aᵀ @ Bᵀ gives; the base
+    weights stay separate references (no copy). Costs ΣR × Σout of B, e.g. 0.2 MB per layer for
+    q/k/v at r 16 on a 1.5B model."""
+
+    a: torch.Tensor  # [ΣR, in]
+    b: torch.Tensor  # [Σout, ΣR] block-diagonal
+    scaling: torch.Tensor  # [Σout] each projection's LoRA scaling, applied after B as peft does
+    splits: list[int]  # each projection's out size
+
+
+@dataclass
 class LayerW:
     input_norm: torch.Tensor  # [hidden]
     q: LinearW
@@ -56,6 +70,8 @@ class LayerW:
     k_norm: torch.Tensor | None = None
     qkv: LinearW | None = None  # q, k, v stacked [(H + 2·KV)·D, hidden], when merged copies exist
     gate_up: LinearW | None = None  # gate, up stacked [2·inter, hidden]
+    qkv_lora: FusedLoraW | None = None  # q/k/v adapters fused (then q, k, v carry no loras of their own)
+    gate_up_lora: FusedLoraW | None = None
 
 
 @dataclass
@@ -114,24 +130,75 @@ def _stacked(lins: list[LinearW]) -> LinearW:
     return LinearW(torch.cat([m.weight for m in merged]), torch.cat(biases) if has_bias else None)
 
 
-def merge_lora(w: ModelW) -> ModelW:
+MERGE_SCOPES = ("all", "attention")
+
+
+def merge_lora(w: ModelW, scope: str = "all") -> ModelW:
     """Decode weights with LoRA folded into copies of only the adapted matrices.
 
     Each step then runs one matmul per projection instead of three, and q/k/v and gate/up, when
     copied anyway, are stacked so they take one matmul each: far fewer kernels per token. Costs the
     memory of the adapted matrices for the duration of the round; refreshed every generate() call.
+    scope "attention" copies only q/k/v/o (about an eighth of a Llama/Qwen layer's weights) and runs
+    the MLP adapters fused (`fuse_lora`): most of the kernel saving at a fraction of the memory.
     """
+    if scope not in MERGE_SCOPES:
+        raise ValueError(f"merge scope must be one of {MERGE_SCOPES}, got {scope!r}")
     layers = []
     for layer in w.layers:
         attn, mlp = [layer.q, layer.k, layer.v], [layer.gate, layer.up]
         qkv = _stacked(attn) if any(lin.loras for lin in attn) else None
-        gate_up = _stacked(mlp) if any(lin.loras for lin in mlp) else None
-        layers.append(replace(
-            layer, qkv=qkv, gate_up=gate_up,
-            o=_merged(layer.o) if layer.o.loras else layer.o,
-            down=_merged(layer.down) if layer.down.loras else layer.down,
-        ))
+        merged = replace(layer, qkv=qkv, o=_merged(layer.o) if layer.o.loras else layer.o)
+        if scope == "all":
+            gate_up = _stacked(mlp) if any(lin.loras for lin in mlp) else None
+            merged = replace(merged, gate_up=gate_up,
+                             down=_merged(layer.down) if layer.down.loras else layer.down)
+        else:
+            merged = _fuse_layer(merged, attention=False)
+        layers.append(merged)
     return replace(w, layers=layers, lm_head=_merged(w.lm_head) if w.lm_head.loras else w.lm_head)
+
+
+def fuse_lora(w: ModelW) -> ModelW:
+    """Decode weights with the q/k/v adapters and the gate/up adapters each run as one fused pair
+    of matmuls (`FusedLoraW`): 4 kernels fewer per layer than an adapter per projection, no copy of
+    any base matrix. Projections whose adapters cannot be fused (several adapters, a LoRA bias,
+    different adapter dtypes) keep their own."""
+    return replace(w, layers=[_fuse_layer(layer) for layer in w.layers])
+
+
+def _fuse_layer(layer: LayerW, attention: bool = True) -> LayerW:
+    if attention and layer.qkv is None:
+        fused = _fused([layer.q, layer.k, layer.v])
+        if fused is not None:
+            layer = replace(layer, qkv_lora=fused, q=_base(layer.q), k=_base(layer.k), v=_base(layer.v))
+    if layer.gate_up is None:
+        fused = _fused([layer.gate, layer.up])
+        if fused is not None:
+            layer = replace(layer, gate_up_lora=fused, gate=_base(layer.gate), up=_base(layer.up))
+    return layer
+
+
+def _base(lin: LinearW) -> LinearW:
+    return LinearW(lin.weight, lin.bias)
+
+
+def _fused(lins: list[LinearW]) -> FusedLoraW | None:
+    if any(len(lin.loras) != 1 or lin.loras[0][2] is not None for lin in lins):
+        return None
+    a_s = [lin.loras[0][0] for lin in lins]
+    b_s = [lin.loras[0][1] for lin in lins]
+    if len({t.dtype for t in a_s + b_s}) != 1:
+        return None
+    ranks, outs = [a.shape[0] for a in a_s], [b.shape[0] for b in b_s]
+    block = torch.zeros(sum(outs), sum(ranks), dtype=b_s[0].dtype, device=b_s[0].device)
+    row = col = 0
+    for b, out, r in zip(b_s, outs, ranks):
+        block[row:row + out, col:col + r] = b
+        row, col = row + out, col + r
+    scaling = torch.cat([torch.full((out,), lin.loras[0][3], dtype=torch.float32, device=block.device)
+                         for lin, out in zip(lins, outs)]).to(block.dtype)
+    return FusedLoraW(a=torch.cat(a_s), b=block, scaling=scaling, splits=outs)
 
 
 def _linear(mod: torch.nn.Module, name: str) -> LinearW:
