@@ -18,6 +18,10 @@ log = logging.getLogger("rlvr")
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("RLVR_NO_PROGRESS") or not sys.stderr.isatty():
+        # Libraries' own tqdm bars (e.g. transformers' GGUF loading) would fill a log with \r lines;
+        # tqdm reads this when first imported, which is below.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import warnings
 
