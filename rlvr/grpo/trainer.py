@@ -279,7 +279,10 @@ class GRPOTrainer:
         shape = StepShape(num_sequences=sum(m.shape[0] for m in masks), num_tokens=int(sum(m.sum() for m in masks)),
                           num_micro_batches=len(micro), max_completion_length=a.max_completion_length)
         sums: dict[str, float] = {}
-        pieces = [(piece, int(batch.completion_mask[index].sum())) for index in micro
+        # bnpo needs a split micro-batch's whole token count; without a budget nothing is split
+        # (and the count would cost a host sync per micro-batch for nothing).
+        split = a.micro_batch_token_budget is not None
+        pieces = [(piece, int(batch.completion_mask[index].sum()) if split else None) for index in micro
                   for piece in self.token_budget_pieces(batch, index)]
         for index, micro_batch_tokens in pieces:
             mb = batch.rows(index)
