@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import make_model, make_tokenizer
@@ -235,3 +237,19 @@ def test_memory_estimate_counts_the_decode_copy_of_the_merge_scope():
     assert copies["attention"] == pytest.approx(expected, abs=1e-3)
     with pytest.raises(RlvrError, match="rollout_merge_lora"):
         GRPOConfig(rollout_merge_lora="atention").validate()
+
+
+def test_sft_with_offloaded_checkpointing_matches_plain_sft(tmp_path):
+    from rlvr.sft.trainer import SFTTrainer
+
+    data = [{"prompt": [{"role": "user", "content": f"{i}+1?"}], "completion": f"{i + 1}"} for i in range(8)]
+    losses = {}
+    for mode in (False, "offload"):
+        tok = make_tokenizer()
+        cfg = SFTConfig(output_dir=str(tmp_path / str(mode)), per_device_train_batch_size=4, max_steps=3,
+                        gradient_checkpointing=mode, learning_rate=1e-3)
+        trainer = SFTTrainer(lora_model(tok), tok, data, cfg, show_progress=False)
+        trainer.train()
+        losses[mode] = [json.loads(line)["loss"] for line in open(tmp_path / str(mode) / "metrics.jsonl")]
+    assert len(losses[False]) == 3
+    assert losses["offload"] == pytest.approx(losses[False], rel=1e-5)
