@@ -220,9 +220,17 @@ def test_compiled_decode_step_equals_eager(tokenizer):
     params = SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, top_k=20, min_p=0.02,
                             repetition_penalty=1.1)
     eager = NativeEngine(model, tokenizer, compile=False).generate(prompts, 3, params, seed=5)
+    from torch._dynamo.utils import counters
+
     compiled_engine = NativeEngine(model, tokenizer, compile=True)
+    graphs_before = counters["stats"]["unique_graphs"]
     compiled = compiled_engine.generate(prompts, 3, params, seed=5)
     assert compiled_engine._fns[0].layer_in.compiled is not None  # compiled, not fallen back to eager
+    # One graph per piece (layer input, layer finish, head, sampling) serves every layer and step:
+    # a compile per layer would cost minutes on a real model.
+    assert counters["stats"]["unique_graphs"] - graphs_before <= 4
+    compiled_engine.generate(prompts, 3, params, seed=6)  # a second round of the same shape: no recompile
+    assert counters["stats"]["unique_graphs"] - graphs_before <= 4
     assert torch.equal(compiled.completion_ids, eager.completion_ids)
     torch.testing.assert_close(compiled.logprobs, eager.logprobs, atol=1e-5, rtol=1e-5)
 
