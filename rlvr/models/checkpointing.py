@@ -96,7 +96,6 @@ class _Checkpoint(torch.autograd.Function):
         ctx.device_type = hidden.device.type
         ctx.autocast = (torch.is_autocast_enabled(ctx.device_type), torch.get_autocast_dtype(ctx.device_type))
         ctx.rng = _rng_state(hidden.device)
-        ctx.needs_input_grad_hidden = hidden.requires_grad
         if offloader is not None:
             ctx.slot = offloader.save(hidden)
         else:
@@ -107,7 +106,8 @@ class _Checkpoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         hidden = ctx.offloader.load(ctx.slot) if ctx.offloader is not None else ctx.saved_tensors[0]
-        hidden = hidden.detach().requires_grad_(ctx.needs_input_grad_hidden)
+        wants_grad = ctx.needs_input_grad[2]
+        hidden = hidden.detach().requires_grad_(wants_grad)
         enabled, dtype = ctx.autocast
         with torch.random.fork_rng(devices=_rng_devices(hidden.device)), torch.enable_grad(), \
                 torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):
@@ -115,7 +115,7 @@ class _Checkpoint(torch.autograd.Function):
             out = ctx.call(hidden)
         if out.requires_grad:
             torch.autograd.backward(out, grad_out)
-        return None, None, hidden.grad if ctx.needs_input_grad_hidden else None, None
+        return None, None, hidden.grad if wants_grad else None, None
 
 
 def _rng_devices(device: torch.device) -> list:
@@ -155,7 +155,7 @@ class ActivationOffloader:
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.slots: list[_Slot | None] = []
         self.free: list[torch.Tensor] = []  # pinned uint8 buffers
-        self.peak_host_bytes = 0
+        self.host_bytes = self.peak_host_bytes = 0  # pinned bytes holding saved inputs, now and at most
 
     def save(self, t: torch.Tensor) -> int:
         if not self.cuda:  # nothing to offload to: keep the tensor (the recompute path is the same)
@@ -170,8 +170,8 @@ class ActivationOffloader:
             copied.record(self.stream)
         t.record_stream(self.stream)  # the caching allocator must not reuse t's memory before the copy ends
         self.slots.append(_Slot(host=host, shape=t.shape, dtype=t.dtype, copied=copied))
-        in_use = sum(s.host.numel() * s.host.element_size() for s in self.slots if s is not None)
-        self.peak_host_bytes = max(self.peak_host_bytes, in_use)
+        self.host_bytes += host.numel() * host.element_size()
+        self.peak_host_bytes = max(self.peak_host_bytes, self.host_bytes)
         return len(self.slots) - 1
 
     def load(self, index: int) -> torch.Tensor:
@@ -212,6 +212,7 @@ class ActivationOffloader:
 
     def _release(self, slot: _Slot) -> None:
         # Later writes to the buffer go on self.stream, after this slot's fetch: stream order suffices.
+        self.host_bytes -= slot.host.numel() * slot.host.element_size()
         base = slot.host.untyped_storage()
         self.free.append(torch.empty(0, dtype=torch.uint8).set_(base, 0, (base.nbytes(),)))
         self.free.sort(key=lambda b: b.numel())
