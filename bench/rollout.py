@@ -93,8 +93,14 @@ def main() -> None:
     ap.add_argument("--no-graphs", action="store_true", help="native engine without CUDA graphs")
     ap.add_argument("--merge", choices=["all", "attention", "none"], default="all",
                     help="LoRA folded into copies of all adapted matrices, of q/k/v/o only, or none (extra matmuls)")
+    ap.add_argument("--max-autotune", action="store_true",
+                    help="let inductor time Triton GEMM templates against cuBLAS in the compiled step pieces")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.max_autotune:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.max_autotune_gemm = True
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -131,7 +137,7 @@ def main() -> None:
         "rollout_peak_gib": None if stats.get("peak_gib") is None else round(stats["peak_gib"], 2),
         "kv_gib": round(stats.get("kv_gib", 0.0), 3), "cuda_graphs": bool(stats.get("graphs")),
         "graphs_captured": stats.get("graphs_captured", 0), "sub_batches": stats.get("sub_batches"),
-        "backend": stats.get("backend"), "lora_merge": native.merge_scope,
+        "backend": stats.get("backend"), "lora_merge": native.merge_scope, "max_autotune": args.max_autotune,
         "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

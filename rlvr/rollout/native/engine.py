@@ -257,10 +257,12 @@ class NativeEngine:
         cos_t, sin_t = rope_tables(w, int(mask.sum(1).max()) + c + 1)
 
         # Zeros, not empty: masked slots get softmax weight 0, and 0 · NaN garbage would still be NaN.
-        shape = (len(w.layers), b, w.n_kv_heads, slots, w.head_dim)
-        k_cache = torch.zeros(shape, dtype=w.dtype, device=dev)
-        v_cache = torch.zeros(shape, dtype=w.dtype, device=dev)
-        stats["kv_gib"] = max(stats["kv_gib"], 2 * k_cache.numel() * k_cache.element_size() / 2**30)
+        # One tensor per layer: each compiled step piece then sees the same cache tensor metadata in
+        # every layer (views into one big tensor would differ in storage offset).
+        shape = (b, w.n_kv_heads, slots, w.head_dim)
+        k_cache = [torch.zeros(shape, dtype=w.dtype, device=dev) for _ in w.layers]
+        v_cache = [torch.zeros(shape, dtype=w.dtype, device=dev) for _ in w.layers]
+        stats["kv_gib"] = max(stats["kv_gib"], 2 * len(w.layers) * math.prod(shape) * w.embed.element_size() / 2**30)
 
         first_logits = torch.empty(n, w.vocab_size, dtype=torch.float32, device=dev)
         chunk = max(1, PREFILL_TOKENS // p)
@@ -270,8 +272,8 @@ class NativeEngine:
             local = row_prompt_t[r0:r1] - s
 
             def store(i: int, k: torch.Tensor, v: torch.Tensor, r0=r0, r1=r1, local=local) -> None:
-                k_cache[i, r0:r1, :, :p] = k[local]
-                v_cache[i, r0:r1, :, :p] = v[local]
+                k_cache[i][r0:r1, :, :p] = k[local]
+                v_cache[i][r0:r1, :, :p] = v[local]
 
             first_logits[s:s + chunk] = prefill(w, ids[s:s + chunk], mask[s:s + chunk], cos_t, sin_t, store)
 
@@ -305,8 +307,6 @@ class NativeEngine:
             def step_fn(kv_len: int, st=st, caches=caches) -> None:
                 logits = decode_one_token(w, st.tok, st.pos, st.slot, caches[0], caches[1], st.kv_bias, kv_len,
                                           cos_t, sin_t, fns)
-                st.pos.add_(1)
-                st.slot.add_(1)
                 emit(st, logits, params, eos, pad, lp_temp)
             graphs = self.cuda_graphs and dev.type == "cuda"
             return StepRunner(step_fn, graphs, torch.cuda.graph_pool_handle() if graphs else None)
@@ -393,12 +393,12 @@ def _park(final_tok, final_logp, final_len, row_ids: torch.Tensor, st: DecodeSta
 
 
 def _compact_cache(caches, keep: torch.Tensor):
-    """Move rows `keep` to the front of the cache, one layer at a time (no second full cache)."""
+    """Move rows `keep` to the front of each layer's cache (no second full cache)."""
     out = []
-    for cache in caches:
-        for i in range(cache.shape[0]):
-            cache[i, :keep.numel()] = cache[i, keep]
-        out.append(cache[:, :keep.numel()])
+    for layers in caches:
+        for cache in layers:
+            cache[:keep.numel()] = cache[keep]
+        out.append([cache[:keep.numel()] for cache in layers])
     return tuple(out)
 
 

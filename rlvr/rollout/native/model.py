@@ -3,12 +3,14 @@
 `prefill` runs the left-padded prompts once and hands each layer's K/V to the caller (who copies
 them to the prompt's G completion rows); `decode_one_token` advances every row by one token with
 fixed shapes, writing K/V in place at a device-side slot index, so it can be captured as a CUDA graph.
+The step is cut only at attention: each piece between two attention calls (a layer's o-proj and MLP,
+then the next layer's norm, q/k/v, rope and cache write) is one function, compiled once for all layers.
 
 Numerics follow transformers' Llama/Qwen code: matmuls and attention in the model dtype, RMSNorm in
 fp32, rope cos/sin computed in fp32 and cast, logits cast to fp32 before sampling. Positions of
 left-padded prompts are cumsum(mask) - 1, as generate() and `completion_logprobs` assign them.
 
-Cache layout: K and V are [layers, rows, kv_heads, slots, head_dim]. Every row's prompt occupies
+Cache layout: K and V are, per layer, [rows, kv_heads, slots, head_dim]. Every row's prompt occupies
 slots [0, P) left-padded (pad slots are hidden by an additive -inf bias) and generated token t sits
 in slot P + t, the same column for all rows, so one scalar slot index serves the whole batch.
 """
@@ -16,7 +18,7 @@ in slot P + t, the same column for all rows, so one scalar slot index serves the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -136,24 +138,63 @@ def prefill(
     return _head(w, x[:, -1])
 
 
-def _layer_in(w: ModelW, layer: LayerW, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    return _qkv(w, layer, rms_norm(x, layer.input_norm, w.eps), cos, sin)
+def _attn_in(w: ModelW, layer: LayerW, x: torch.Tensor, pos: torch.Tensor, cos_table: torch.Tensor,
+             sin_table: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot: torch.Tensor):
+    """Norm, q/k/v and rope at `pos` for one decode token; writes k and v into the layer's cache
+    column `slot` and returns q as [B, KV, group, D]: GQA without repeating the cache, the `group`
+    query heads sharing a KV head become that head's query rows (HF maps query head h to KV head
+    h // group)."""
+    b = x.shape[0]
+    cos, sin = cos_table[pos][:, None, None], sin_table[pos][:, None, None]  # [B, 1, 1, D]
+    q, k, v = _qkv(w, layer, rms_norm(x, layer.input_norm, w.eps), cos, sin)
+    # index_put with a device-side slot (as gpt-fast writes its cache): inductor does it in place,
+    # fused with rope, instead of two index_copy kernels per layer.
+    k_cache[:, :, slot] = k
+    v_cache[:, :, slot] = v
+    return q.reshape(b, w.n_kv_heads, w.n_heads // w.n_kv_heads, w.head_dim)
+
+
+def _first(w: ModelW, layer: LayerW, tok: torch.Tensor, pos: torch.Tensor, cos_table: torch.Tensor,
+           sin_table: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot: torch.Tensor,
+           kv_bias: torch.Tensor):
+    """Embedding, then layer 0's attention input; opens cache column `slot` to every row's attention."""
+    kv_bias.index_fill_(1, slot, 0.0)
+    x = F.embedding(tok, w.embed)[:, None]  # [B, 1, hidden]
+    return x, _attn_in(w, layer, x, pos, cos_table, sin_table, k_cache, v_cache, slot)
+
+
+def _between(w: ModelW, layer: LayerW, nxt: LayerW, x: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
+             cos_table: torch.Tensor, sin_table: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot: torch.Tensor):
+    """Everything from one layer's attention output to the next layer's query: one compiled piece
+    per layer boundary, so the residual add, the next norm and rope fuse across it."""
+    x = _finish_layer(w, layer, x, attn.reshape(x.shape[0], 1, -1))
+    return x, _attn_in(w, nxt, x, pos, cos_table, sin_table, k_cache, v_cache, slot)
+
+
+def _last(w: ModelW, layer: LayerW, x: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
+          slot: torch.Tensor) -> torch.Tensor:
+    """The last layer's finish and the head; advances `pos` and `slot` for the next step."""
+    pos.add_(1)
+    slot.add_(1)
+    return _head(w, _finish_layer(w, layer, x, attn.reshape(x.shape[0], 1, -1))[:, 0])
 
 
 @dataclass(frozen=True)
 class DecodeFns:
-    """The per-layer pieces of a decode step. `compiled()` fuses each piece's elementwise work
-    (norms, rope, residuals, SwiGLU, LoRA adds) into a few kernels with torch.compile: one compile
-    per piece serves every layer (same shapes, weights passed as inputs), and attention stays out
-    so the cache length can change without recompiling. Eager by default (CPU, tests)."""
+    """The pieces of a decode step between its attention calls. `compiled()` fuses each piece's
+    elementwise work (norms, rope, cache writes, residuals, SwiGLU, LoRA adds) into a few kernels
+    with torch.compile: one compile per piece serves every layer (same shapes, weights passed as
+    inputs), and attention stays out so the cache length can change without recompiling. Eager by
+    default (CPU, tests)."""
 
-    layer_in: Callable = _layer_in
-    finish: Callable = _finish_layer
-    head: Callable = _head
+    first: Callable = _first
+    between: Callable = _between
+    last: Callable = _last
 
     @staticmethod
     def compiled() -> DecodeFns:
-        return DecodeFns(layer_in=Compiled(_layer_in), finish=Compiled(_finish_layer), head=Compiled(_head))
+        return DecodeFns(first=Compiled(_first), between=Compiled(_between), last=Compiled(_last))
 
 
 class Compiled:
@@ -186,8 +227,8 @@ def decode_one_token(
     tok: torch.Tensor,  # [B] the tokens to feed
     pos: torch.Tensor,  # [B] their positions
     slot: torch.Tensor,  # [1] the cache column they are written to
-    k_cache: torch.Tensor,  # [L, B, KV, S, D]
-    v_cache: torch.Tensor,
+    k_cache: Sequence[torch.Tensor],  # per layer [B, KV, S, D]
+    v_cache: Sequence[torch.Tensor],
     kv_bias: torch.Tensor,  # [B, S] additive: 0 on slots to attend to, -inf elsewhere (incl. `slot`)
     kv_len: int,  # attend over slots [0, kv_len) only; > slot
     cos_table: torch.Tensor,
@@ -195,21 +236,15 @@ def decode_one_token(
     fns: DecodeFns = EAGER,
 ) -> torch.Tensor:  # [B, V] fp32 logits of the next token
     """One decode step with static shapes and no host sync (capturable). Updates the cache and
-    `kv_bias` in place; `pos`/`slot` are advanced by the caller."""
-    b = tok.shape[0]
-    kv, group, d = w.n_kv_heads, w.n_heads // w.n_kv_heads, w.head_dim
-    kv_bias.index_fill_(1, slot, 0.0)
+    `kv_bias` in place and advances `pos` and `slot` by one."""
+    d = w.head_dim
     bias = kv_bias[:, None, None, :kv_len]  # [B, 1, 1, kv_len], broadcast over heads and queries
-    cos, sin = cos_table[pos][:, None, None], sin_table[pos][:, None, None]  # [B, 1, 1, D]
-    x = F.embedding(tok, w.embed)[:, None]  # [B, 1, hidden]
-    for i, layer in enumerate(w.layers):
-        q, k, v = fns.layer_in(w, layer, x, cos, sin)
-        k_cache[i].index_copy_(2, slot, k)
-        v_cache[i].index_copy_(2, slot, v)
-        # GQA without repeating the cache: the `group` query heads sharing a KV head become that
-        # head's query rows ([B, H, 1, D] → [B, KV, group, D]; HF maps query head h to KV head h // group).
-        q = q.reshape(b, kv, group, d)
-        o = F.scaled_dot_product_attention(q, k_cache[i, :, :, :kv_len], v_cache[i, :, :, :kv_len],
+    layers = w.layers
+    x, q = fns.first(w, layers[0], tok, pos, cos_table, sin_table, k_cache[0], v_cache[0], slot, kv_bias)
+    for i, layer in enumerate(layers):
+        o = F.scaled_dot_product_attention(q, k_cache[i][:, :, :kv_len], v_cache[i][:, :, :kv_len],
                                            attn_mask=bias, scale=d ** -0.5)
-        x = fns.finish(w, layer, x, o.reshape(b, 1, kv * group * d))
-    return fns.head(w, x[:, 0])
+        if i + 1 < len(layers):
+            x, q = fns.between(w, layer, layers[i + 1], x, o, pos, cos_table, sin_table,
+                               k_cache[i + 1], v_cache[i + 1], slot)
+    return fns.last(w, layers[-1], x, o, pos, slot)
