@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--merge", choices=sorted(MERGE), default="all")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--attention", choices=["triton", "sdpa"], default=None,
+                    help="decode attention kernel (default: the engine's, triton on CUDA)")
     ap.add_argument("--max-autotune", action="store_true",
                     help="let inductor time Triton GEMM templates against cuBLAS in the compiled step pieces")
     ap.add_argument("--out", type=Path, default=None)
@@ -49,7 +51,7 @@ def main() -> None:
     prompts = torch.randint(1, config.vocab_size, (a.batch // a.group, a.prompt),
                             generator=torch.Generator().manual_seed(1)).tolist()
     engine = NativeEngine(model, tokenizer, cuda_graphs=False, merge_lora=MERGE[a.merge],
-                          compile=not a.no_compile)
+                          compile=not a.no_compile, attention=a.attention)
 
     def kernels_of_round(new_tokens: int) -> dict[str, list[float]]:
         params = SamplingParams(max_new_tokens=new_tokens, temperature=1.0)
@@ -73,7 +75,8 @@ def main() -> None:
     top = sorted(per_step.items(), key=lambda kv: -kv[1][0])[: a.top]
     emit({
         "bench": "profile_decode", "shape": a.shape, "batch": a.batch, "merge_lora": a.merge,
-        "compile": not a.no_compile, "max_autotune": a.max_autotune, "decode_steps": steps,
+        "compile": not a.no_compile, "max_autotune": a.max_autotune,
+        "attention": a.attention or "default", "decode_steps": steps,
         "kernel_us_per_step": round(sum(us for us, _ in per_step.values()), 1),
         "kernels_per_step": round(sum(n for _, n in per_step.values()), 1),
         "top": [{"name": name[:90], "us_per_step": round(us, 1), "calls_per_step": round(n, 1)}

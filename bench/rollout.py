@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--no-graphs", action="store_true", help="native engine without CUDA graphs")
     ap.add_argument("--merge", choices=["all", "attention", "none"], default="all",
                     help="LoRA folded into copies of all adapted matrices, of q/k/v/o only, or none (extra matmuls)")
+    ap.add_argument("--attention", choices=["triton", "sdpa"], default=None,
+                    help="decode attention kernel (default: the engine's, triton on CUDA)")
     ap.add_argument("--max-autotune", action="store_true",
                     help="let inductor time Triton GEMM templates against cuBLAS in the compiled step pieces")
     ap.add_argument("--out", type=Path, default=None)
@@ -114,7 +116,7 @@ def main() -> None:
     batch = n_prompts * g
 
     native = NativeEngine(model, tokenizer, cuda_graphs=not args.no_graphs,
-                          merge_lora=MERGE[args.merge])
+                          merge_lora=MERGE[args.merge], attention=args.attention)
     # Warm-up round of the same shape: kernels, cuBLAS, allocator, and the compiled step pieces
     # (training compiles once, in its first round; every later round has the same shapes).
     timed(native, prompts, g, args.new_tokens)
@@ -138,6 +140,7 @@ def main() -> None:
         "kv_gib": round(stats.get("kv_gib", 0.0), 3), "cuda_graphs": bool(stats.get("graphs")),
         "graphs_captured": stats.get("graphs_captured", 0), "sub_batches": stats.get("sub_batches"),
         "backend": stats.get("backend"), "lora_merge": native.merge_scope, "max_autotune": args.max_autotune,
+        "attention": args.attention or "default",
         "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -20,6 +20,7 @@ import torch
 
 from rlvr.rollout.engine import Rollout, SamplingParams
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
+from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
 from rlvr.rollout.native.weights import MERGE_SCOPES, ModelW, Unsupported, fuse_lora, merge_lora, read_weights
 from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
@@ -109,14 +110,19 @@ class NativeEngine:
     runs the MLP adapters fused; False runs every adapter as extra matmuls, those of q/k/v and of
     gate/up fused into one pair each. Default: on CUDA True, on CPU False. compile: fuse each layer's
     elementwise work with torch.compile (default: on CUDA), falling back to eager if it fails.
+    attention: 'triton' (split-cache decode kernel, the default on CUDA; SDPA where it does not
+    apply or fails) or 'sdpa'.
     """
 
     def __init__(self, model, tokenizer, kv_budget_bytes: int | None = None, sync_every: int = 16,
                  cuda_graphs: bool = True, kv_bucket: int = 256, compact: float = 0.5,
                  batch_size: int | None = None, merge_lora: bool | str | None = None,
-                 compile: bool | None = None):
+                 compile: bool | None = None, attention: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.compile = compile
+        if attention not in (None, "triton", "sdpa"):
+            raise ValueError(f"attention must be 'triton', 'sdpa' or None, got {attention!r}")
+        self.attention = attention
         self._fns: tuple[DecodeFns, Callable] | None = None
         self.kv_budget_bytes, self.sync_every, self.cuda_graphs = kv_budget_bytes, sync_every, cuda_graphs
         self.kv_bucket, self.compact, self.batch_size = kv_bucket, compact, batch_size
@@ -155,12 +161,15 @@ class NativeEngine:
     def decode_fns(self, device: torch.device) -> tuple[DecodeFns, Callable]:
         """Compiled step pieces on CUDA (default) or when asked; made once, so later rounds reuse
         the compiled code (the first round pays the compile, ~tens of seconds)."""
-        wanted = self.compile if self.compile is not None else device.type == "cuda"
-        if not wanted:
-            return EAGER, _emit
         if self._fns is None:
-            # Sampling and its bookkeeping are a dozen passes over [B, V] floats: fused into a few.
-            self._fns = DecodeFns.compiled(), Compiled(_emit)
+            on_cuda = device.type == "cuda"
+            use_triton = self.attention == "triton" or (self.attention is None and on_cuda)
+            attention = DecodeAttention() if use_triton else sdpa_attention
+            if self.compile if self.compile is not None else on_cuda:
+                # Sampling and its bookkeeping are a dozen passes over [B, V] floats: fused into a few.
+                self._fns = DecodeFns.compiled(attention), Compiled(_emit)
+            else:
+                self._fns = replace(EAGER, attention=attention), _emit
         return self._fns
 
     # ------------------------------------------------------------------ round

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlvr.rollout.native.attention import sdpa_attention
 from rlvr.rollout.native.weights import FusedLoraW, LayerW, LinearW, ModelW
 
 log = logging.getLogger("rlvr")
@@ -191,10 +192,12 @@ class DecodeFns:
     first: Callable = _first
     between: Callable = _between
     last: Callable = _last
+    attention: Callable = sdpa_attention  # (q, k_cache, v_cache, kv_bias, kv_len, scale) → [B, KV, G, D]
 
     @staticmethod
-    def compiled() -> DecodeFns:
-        return DecodeFns(first=Compiled(_first), between=Compiled(_between), last=Compiled(_last))
+    def compiled(attention: Callable = sdpa_attention) -> DecodeFns:
+        return DecodeFns(first=Compiled(_first), between=Compiled(_between), last=Compiled(_last),
+                         attention=attention)
 
 
 class Compiled:
@@ -238,12 +241,10 @@ def decode_one_token(
     """One decode step with static shapes and no host sync (capturable). Updates the cache and
     `kv_bias` in place and advances `pos` and `slot` by one."""
     d = w.head_dim
-    bias = kv_bias[:, None, None, :kv_len]  # [B, 1, 1, kv_len], broadcast over heads and queries
     layers = w.layers
     x, q = fns.first(w, layers[0], tok, pos, cos_table, sin_table, k_cache[0], v_cache[0], slot, kv_bias)
     for i, layer in enumerate(layers):
-        o = F.scaled_dot_product_attention(q, k_cache[i][:, :, :kv_len], v_cache[i][:, :, :kv_len],
-                                           attn_mask=bias, scale=d ** -0.5)
+        o = fns.attention(q, k_cache[i], v_cache[i], kv_bias, kv_len, d ** -0.5)
         if i + 1 < len(layers):
             x, q = fns.between(w, layer, layers[i + 1], x, o, pos, cos_table, sin_table,
                                k_cache[i + 1], v_cache[i + 1], slot)
