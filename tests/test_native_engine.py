@@ -239,13 +239,11 @@ def _decode_logits(w, vocab: int, seed: int = 0) -> torch.Tensor:
     """One decode step from an empty-but-one-slot cache, for comparing weight layouts."""
     b, slots = 3, 8
     g = torch.Generator().manual_seed(seed)
-    shape = (b, w.n_kv_heads, slots, w.head_dim)
-    k = [torch.randn(shape, generator=g) for _ in w.layers]
-    v = [torch.randn(shape, generator=g) for _ in w.layers]
+    kv = [torch.randn(b, 2, w.n_kv_heads, slots, w.head_dim, generator=g) for _ in w.layers]
     bias = torch.zeros(b, slots)
     cos, sin = rope_tables(w, 16)
     tok = torch.randint(0, vocab, (b,), generator=g)
-    return decode_one_token(w, tok, torch.tensor([3, 4, 5]), torch.tensor([5]), k, v, bias, 6, cos, sin)
+    return decode_one_token(w, tok, torch.tensor([3, 4, 5]), torch.tensor([5]), kv, bias, 6, cos, sin)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])

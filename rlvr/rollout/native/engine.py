@@ -268,10 +268,9 @@ class NativeEngine:
         # Zeros, not empty: masked slots get softmax weight 0, and 0 · NaN garbage would still be NaN.
         # One tensor per layer: each compiled step piece then sees the same cache tensor metadata in
         # every layer (views into one big tensor would differ in storage offset).
-        shape = (b, w.n_kv_heads, slots, w.head_dim)
-        k_cache = [torch.zeros(shape, dtype=w.dtype, device=dev) for _ in w.layers]
-        v_cache = [torch.zeros(shape, dtype=w.dtype, device=dev) for _ in w.layers]
-        stats["kv_gib"] = max(stats["kv_gib"], 2 * len(w.layers) * math.prod(shape) * w.embed.element_size() / 2**30)
+        shape = (b, 2, w.n_kv_heads, slots, w.head_dim)
+        kv_cache = [torch.zeros(shape, dtype=w.dtype, device=dev) for _ in w.layers]
+        stats["kv_gib"] = max(stats["kv_gib"], len(w.layers) * math.prod(shape) * w.embed.element_size() / 2**30)
 
         first_logits = torch.empty(n, w.vocab_size, dtype=torch.float32, device=dev)
         chunk = max(1, PREFILL_TOKENS // p)
@@ -281,8 +280,8 @@ class NativeEngine:
             local = row_prompt_t[r0:r1] - s
 
             def store(i: int, k: torch.Tensor, v: torch.Tensor, r0=r0, r1=r1, local=local) -> None:
-                k_cache[i][r0:r1, :, :p] = k[local]
-                v_cache[i][r0:r1, :, :p] = v[local]
+                kv_cache[i][r0:r1, 0, :, :p] = k[local]
+                kv_cache[i][r0:r1, 1, :, :p] = v[local]
 
             first_logits[s:s + chunk] = prefill(w, ids[s:s + chunk], mask[s:s + chunk], cos_t, sin_t, store)
 
@@ -309,12 +308,12 @@ class NativeEngine:
         final_tok, final_logp = st.out_tok, st.out_logp
         final_len = st.length
         row_ids = torch.arange(b, device=dev)
-        caches = (k_cache, v_cache)
+        caches = kv_cache
         fns, emit = self.decode_fns(dev)
 
         def make_runner() -> StepRunner:
             def step_fn(kv_len: int, st=st, caches=caches) -> None:
-                logits = decode_one_token(w, st.tok, st.pos, st.slot, caches[0], caches[1], st.kv_bias, kv_len,
+                logits = decode_one_token(w, st.tok, st.pos, st.slot, caches, st.kv_bias, kv_len,
                                           cos_t, sin_t, fns)
                 emit(st, logits, params, eos, pad, lp_temp)
             graphs = self.cuda_graphs and dev.type == "cuda"
@@ -401,14 +400,11 @@ def _park(final_tok, final_logp, final_len, row_ids: torch.Tensor, st: DecodeSta
     final_len[row_ids] = st.length
 
 
-def _compact_cache(caches, keep: torch.Tensor):
+def _compact_cache(caches: list[torch.Tensor], keep: torch.Tensor) -> list[torch.Tensor]:
     """Move rows `keep` to the front of each layer's cache (no second full cache)."""
-    out = []
-    for layers in caches:
-        for cache in layers:
-            cache[:keep.numel()] = cache[keep]
-        out.append([cache[:keep.numel()] for cache in layers])
-    return tuple(out)
+    for cache in caches:
+        cache[:keep.numel()] = cache[keep]
+    return [cache[:keep.numel()] for cache in caches]
 
 
 def _round_up(x: int, m: int) -> int:

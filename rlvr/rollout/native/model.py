@@ -10,9 +10,10 @@ Numerics follow transformers' Llama/Qwen code: matmuls and attention in the mode
 fp32, rope cos/sin computed in fp32 and cast, logits cast to fp32 before sampling. Positions of
 left-padded prompts are cumsum(mask) - 1, as generate() and `completion_logprobs` assign them.
 
-Cache layout: K and V are, per layer, [rows, kv_heads, slots, head_dim]. Every row's prompt occupies
-slots [0, P) left-padded (pad slots are hidden by an additive -inf bias) and generated token t sits
-in slot P + t, the same column for all rows, so one scalar slot index serves the whole batch.
+Cache layout: one tensor per layer, [rows, 2, kv_heads, slots, head_dim], K then V (so a step writes
+both in one kernel). Every row's prompt occupies slots [0, P) left-padded (pad slots are hidden by an
+additive -inf bias) and generated token t sits in slot P + t, the same column for all rows, so one
+scalar slot index serves the whole batch.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def prefill(
 
 
 def _attn_in(w: ModelW, layer: LayerW, x: torch.Tensor, pos: torch.Tensor, cos_table: torch.Tensor,
-             sin_table: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot: torch.Tensor):
+             sin_table: torch.Tensor, kv_cache: torch.Tensor, slot: torch.Tensor):
     """Norm, q/k/v and rope at `pos` for one decode token; writes k and v into the layer's cache
     column `slot` and returns q as [B, KV, group, D]: GQA without repeating the cache, the `group`
     query heads sharing a KV head become that head's query rows (HF maps query head h to KV head
@@ -149,28 +150,25 @@ def _attn_in(w: ModelW, layer: LayerW, x: torch.Tensor, pos: torch.Tensor, cos_t
     cos, sin = cos_table[pos][:, None, None], sin_table[pos][:, None, None]  # [B, 1, 1, D]
     q, k, v = _qkv(w, layer, rms_norm(x, layer.input_norm, w.eps), cos, sin)
     # index_put with a device-side slot (as gpt-fast writes its cache): inductor does it in place,
-    # fused with rope, instead of two index_copy kernels per layer.
-    k_cache[:, :, slot] = k
-    v_cache[:, :, slot] = v
+    # k and v in one write fused with rope, instead of two index_copy kernels per layer.
+    kv_cache[:, :, :, slot] = torch.stack((k, v), dim=1)
     return q.reshape(b, w.n_kv_heads, w.n_heads // w.n_kv_heads, w.head_dim)
 
 
 def _first(w: ModelW, layer: LayerW, tok: torch.Tensor, pos: torch.Tensor, cos_table: torch.Tensor,
-           sin_table: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot: torch.Tensor,
-           kv_bias: torch.Tensor):
+           sin_table: torch.Tensor, kv_cache: torch.Tensor, slot: torch.Tensor, kv_bias: torch.Tensor):
     """Embedding, then layer 0's attention input; opens cache column `slot` to every row's attention."""
     kv_bias.index_fill_(1, slot, 0.0)
     x = F.embedding(tok, w.embed)[:, None]  # [B, 1, hidden]
-    return x, _attn_in(w, layer, x, pos, cos_table, sin_table, k_cache, v_cache, slot)
+    return x, _attn_in(w, layer, x, pos, cos_table, sin_table, kv_cache, slot)
 
 
 def _between(w: ModelW, layer: LayerW, nxt: LayerW, x: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
-             cos_table: torch.Tensor, sin_table: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot: torch.Tensor):
+             cos_table: torch.Tensor, sin_table: torch.Tensor, kv_cache: torch.Tensor, slot: torch.Tensor):
     """Everything from one layer's attention output to the next layer's query: one compiled piece
     per layer boundary, so the residual add, the next norm and rope fuse across it."""
     x = _finish_layer(w, layer, x, attn.reshape(x.shape[0], 1, -1))
-    return x, _attn_in(w, nxt, x, pos, cos_table, sin_table, k_cache, v_cache, slot)
+    return x, _attn_in(w, nxt, x, pos, cos_table, sin_table, kv_cache, slot)
 
 
 def _last(w: ModelW, layer: LayerW, x: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
@@ -230,8 +228,7 @@ def decode_one_token(
     tok: torch.Tensor,  # [B] the tokens to feed
     pos: torch.Tensor,  # [B] their positions
     slot: torch.Tensor,  # [1] the cache column they are written to
-    k_cache: Sequence[torch.Tensor],  # per layer [B, KV, S, D]
-    v_cache: Sequence[torch.Tensor],
+    kv_cache: Sequence[torch.Tensor],  # per layer [B, 2, KV, S, D]: K then V
     kv_bias: torch.Tensor,  # [B, S] additive: 0 on slots to attend to, -inf elsewhere (incl. `slot`)
     kv_len: int,  # attend over slots [0, kv_len) only; > slot
     cos_table: torch.Tensor,
@@ -242,10 +239,10 @@ def decode_one_token(
     `kv_bias` in place and advances `pos` and `slot` by one."""
     d = w.head_dim
     layers = w.layers
-    x, q = fns.first(w, layers[0], tok, pos, cos_table, sin_table, k_cache[0], v_cache[0], slot, kv_bias)
+    x, q = fns.first(w, layers[0], tok, pos, cos_table, sin_table, kv_cache[0], slot, kv_bias)
     for i, layer in enumerate(layers):
-        o = fns.attention(q, k_cache[i], v_cache[i], kv_bias, kv_len, d ** -0.5)
+        o = fns.attention(q, kv_cache[i][:, 0], kv_cache[i][:, 1], kv_bias, kv_len, d ** -0.5)
         if i + 1 < len(layers):
             x, q = fns.between(w, layer, layers[i + 1], x, o, pos, cos_table, sin_table,
-                               k_cache[i + 1], v_cache[i + 1], slot)
+                               kv_cache[i + 1], slot)
     return fns.last(w, layers[-1], x, o, pos, slot)
