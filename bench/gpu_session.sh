@@ -3,6 +3,7 @@
 # Wheels the GPU machine lacks (bitsandbytes, trl, datasets, dill, multiprocess) travel in .whl/.
 #
 #   bash bench/gpu_session.sh tests      # GPU tests, then rollout for each LoRA merge mode (~5 min)
+#   bash bench/gpu_session.sh profile    # where a decode step's GPU time goes (~1 min)
 #   bash bench/gpu_session.sh step       # one GRPO step: rlvr's settings against TRL 1.16 (~5 min)
 #   bash bench/gpu_session.sh long       # long-context updates, 8B shape: 8 × 20K, 128K LoRA and QLoRA (~8 min)
 set -uo pipefail
@@ -16,12 +17,15 @@ case "${1:-tests}" in
     timeout 240 python -m pytest -m gpu -q tests/ 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
     for merge in all attention none; do
       (cd bench && timeout 120 python rollout.py --shape qwen2.5-1.5b --merge "$merge" --out "$OUT/rollout.jsonl" | tail -1)
-    done ;;
+    done
+    (cd bench && timeout 100 python rollout.py --shape qwen2.5-1.5b --attention sdpa --out "$OUT/rollout.jsonl" | tail -1) ;;
+  profile)
+    (cd bench && timeout 120 python profile_decode.py --out "$OUT/profile_decode.json" | tail -1) ;;
   step)
     (cd bench && timeout 560 python step.py --out "$OUT/step.jsonl" | tail -1) ;;
   long)
     (cd bench && timeout 150 python long_context.py --out "$OUT/long_context.jsonl" | tail -1
      timeout 180 python long_context.py --lengths 131072 --gens 1 --out "$OUT/long_context.jsonl" | tail -1
      timeout 180 python long_context.py --lengths 131072 --gens 1 --quant nf4 --out "$OUT/long_context.jsonl" | tail -1) ;;
-  *) echo "usage: bash bench/gpu_session.sh tests|step|long" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh tests|profile|step|long" >&2; exit 2 ;;
 esac

@@ -18,6 +18,7 @@ from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.sampling import (
     apply_repetition_penalty,
     min_p_filter,
+    process_logits,
     sample,
     seen_tokens,
     token_logprobs,
@@ -127,6 +128,20 @@ def test_greedy_and_seeded_noise():
     a = sample(logits, p, torch.Generator().manual_seed(3))
     b = sample(logits, p, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_sample_is_the_exponential_race_on_probabilities():
+    """argmax(scores - log noise) picks what argmax(softmax(scores) / noise) picks, filters included."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(200, 50, generator=g) * 3
+    noise = torch.empty(200, 50).exponential_(generator=g)
+    noise[0, :5] = 0.0  # zero draws: a filtered token must still never win
+    params = SamplingParams(temperature=0.8, top_k=10)
+    scores = process_logits(logits, params)
+    expected = (scores.softmax(-1) / noise.clamp_min(1e-20)).argmax(-1)
+    got = sample(logits, params, noise=noise)
+    assert torch.equal(got, expected)
+    assert bool(torch.isfinite(scores.gather(1, got[:, None])).all())
 
 
 def test_token_logprobs_use_full_vocab_at_temperature():

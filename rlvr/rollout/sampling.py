@@ -7,7 +7,7 @@ repetition penalty, then temperature, top-k, top-p, min-p; greedy decoding appli
 Random draws come in as `noise`, a tensor of Exp(1) samples the caller fills (from its seeded
 generator) outside the captured graph; `sample` draws it itself when given a generator instead.
 argmax(probs / noise) is an exact draw from `probs` (the exponential race, as in gpt-fast), with no
-multinomial and no host sync.
+multinomial and no host sync; it is computed as argmax(scores - log noise), which needs no softmax.
 """
 
 from __future__ import annotations
@@ -107,9 +107,10 @@ def sample(
         return scores.argmax(dim=-1)
     if noise is None:
         noise = torch.empty_like(scores).exponential_(generator=generator)
-    probs = scores.softmax(dim=-1)
-    # A zero draw would turn a filtered token (prob 0) into 0/0; the clamp keeps it at 0.
-    return (probs / noise.clamp_min(1e-20)).argmax(dim=-1)
+    # argmax(probs / noise) in log form: log probs differ from scores by a per-row constant, so no
+    # softmax pass is needed, and tiny probabilities do not underflow to 0. The clamp keeps a zero
+    # draw finite (a filtered token's -inf then stays -inf instead of becoming NaN).
+    return (scores - noise.clamp_min(1e-20).log()).argmax(dim=-1)
 
 
 def token_logprobs(
@@ -119,5 +120,6 @@ def token_logprobs(
 ) -> torch.Tensor:  # [B] fp32
     """log softmax(logits / T)[token] over the full vocabulary, before any filtering or penalty: the
     same quantity the trainer computes (`completion_logprobs`), so the two can be compared for TIS."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, tokens[:, None]).squeeze(-1)
+    scores = logits.float() / temperature
+    # One log-sum-exp per row rather than a [B, V] log-softmax to gather one entry from.
+    return scores.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1)
