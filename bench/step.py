@@ -123,6 +123,8 @@ def main():
                          "of q/k/v/o only, or none (adapters as extra matmuls)")
     ap.add_argument("--checkpointing", choices=["true", "offload"], default="true", help="rlvr only")
     ap.add_argument("--logprob-chunk", type=int, default=None, help="rlvr only: logprob_chunk_elements")
+    ap.add_argument("--settings", default="rlvr,rlvr_unmerged,rlvr_attention_merged",
+                    help="with --system both: which rlvr settings to run beside TRL")
     ap.add_argument("--out")
     a = ap.parse_args()
     a.merge_lora = {"all": True, "attention": "attention", "none": False}[a.merge_lora]
@@ -135,14 +137,17 @@ def main():
         return
     res = {"bench": "step", "shape": a.shape, "completion": a.completion, "prompt": a.prompt, "gens": a.gens,
            "steps": a.steps, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "date": datetime.date.today().isoformat(), "rlvr": child(a, "rlvr", "all"),
-           "rlvr_unmerged": child(a, "rlvr", "none"),
-           # The frugal setting: q/k/v/o merged only, offloaded checkpointing, a smaller loss chunk.
-           "rlvr_attention_merged": child(a, "rlvr", "attention",
-                                          ("--checkpointing", "offload", "--logprob-chunk", str(1 << 24))),
-           "trl": run_trl(a)}
+           "date": datetime.date.today().isoformat()}
+    settings = {"rlvr": ("all", ()), "rlvr_unmerged": ("none", ()),
+                # The frugal setting: q/k/v/o merged only, offloaded checkpointing, a smaller loss chunk.
+                "rlvr_attention_merged": ("attention", ("--checkpointing", "offload",
+                                                        "--logprob-chunk", str(1 << 24)))}
+    chosen = [n for n in a.settings.split(",") if n]
+    for name in chosen:
+        res[name] = child(a, "rlvr", *settings[name])
+    res["trl"] = run_trl(a)
     t = res["trl"]
-    for name in ("rlvr", "rlvr_unmerged", "rlvr_attention_merged"):
+    for name in chosen:
         r = res[name]
         if "step_seconds" in r and "step_seconds" in t:
             res[f"{name}_step_s"], res["trl_step_s"] = steady(r["step_seconds"]), steady(t["step_seconds"])
