@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--attention", choices=["triton", "sdpa"], default=None,
-                    help="decode attention kernel (default: the engine's, triton on CUDA)")
+                    help="decode attention kernel (default: the engine's, sdpa)")
     ap.add_argument("--max-autotune", action="store_true",
                     help="let inductor time Triton GEMM templates against cuBLAS in the compiled step pieces")
     ap.add_argument("--out", type=Path, default=None)

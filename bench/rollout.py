@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--merge", choices=["all", "attention", "none"], default="all",
                     help="LoRA folded into copies of all adapted matrices, of q/k/v/o only, or none (extra matmuls)")
     ap.add_argument("--attention", choices=["triton", "sdpa"], default=None,
-                    help="decode attention kernel (default: the engine's, triton on CUDA)")
+                    help="decode attention kernel (default: the engine's, sdpa)")
     ap.add_argument("--max-autotune", action="store_true",
                     help="let inductor time Triton GEMM templates against cuBLAS in the compiled step pieces")
     ap.add_argument("--out", type=Path, default=None)

@@ -53,6 +53,7 @@ def run_rlvr(a) -> dict:
                       gradient_checkpointing=a.checkpointing, save_steps=10**9, rollout_backend=a.backend,
                       temperature=1.0, log_completions=False, optim="adamw_torch",
                       rollout_merge_lora=a.merge_lora,
+                      micro_batch_token_budget=a.token_budget,
                       **({"logprob_chunk_elements": a.logprob_chunk} if a.logprob_chunk else {}))
     trainer = GRPOTrainer(model, tok, [reward_len], ds, args, show_progress=False)
     torch.cuda.reset_peak_memory_stats()
@@ -74,6 +75,7 @@ def run_rlvr(a) -> dict:
     return {"system": "rlvr", "backend": a.backend, "merge_lora": a.merge_lora, "checkpointing": a.checkpointing,
             "step_seconds": step_seconds,
             "logprob_chunk_elements": args.logprob_chunk_elements,
+            "micro_batch_token_budget": args.micro_batch_token_budget,
             "total_seconds": time.perf_counter() - t0,
             "rollout_seconds": [r["time/rollout"] for r in rows], "update_seconds": [r["time/update"] for r in rows],
             "tokens_per_second": [r["tokens_per_second"] for r in rows],
@@ -123,6 +125,7 @@ def main():
                          "of q/k/v/o only, or none (adapters as extra matmuls)")
     ap.add_argument("--checkpointing", choices=["true", "offload"], default="true", help="rlvr only")
     ap.add_argument("--logprob-chunk", type=int, default=None, help="rlvr only: logprob_chunk_elements")
+    ap.add_argument("--token-budget", type=int, default=None, help="rlvr only: micro_batch_token_budget")
     ap.add_argument("--settings", default="rlvr,rlvr_unmerged,rlvr_attention_merged",
                     help="with --system both: which rlvr settings to run beside TRL")
     ap.add_argument("--out")
@@ -141,7 +144,10 @@ def main():
     settings = {"rlvr": ("all", ()), "rlvr_unmerged": ("none", ()),
                 # The frugal setting: q/k/v/o merged only, offloaded checkpointing, a smaller loss chunk.
                 "rlvr_attention_merged": ("attention", ("--checkpointing", "offload",
-                                                        "--logprob-chunk", str(1 << 24)))}
+                                                        "--logprob-chunk", str(1 << 24))),
+                # The same, its update in two pieces of four completions (half the activations).
+                "rlvr_frugal": ("attention", ("--checkpointing", "offload", "--logprob-chunk", str(1 << 24),
+                                              "--token-budget", str(4 * (a.prompt + a.completion))))}
     chosen = [n for n in a.settings.split(",") if n]
     for name in chosen:
         res[name] = child(a, "rlvr", *settings[name])

@@ -110,8 +110,8 @@ class NativeEngine:
     runs the MLP adapters fused; False runs every adapter as extra matmuls, those of q/k/v and of
     gate/up fused into one pair each. Default: on CUDA True, on CPU False. compile: fuse each layer's
     elementwise work with torch.compile (default: on CUDA), falling back to eager if it fails.
-    attention: 'triton' (split-cache decode kernel, the default on CUDA; SDPA where it does not
-    apply or fails) or 'sdpa'.
+    attention: 'sdpa' (torch's fused kernel; the default) or 'triton' (the split-cache decode
+    kernel of attention.py on CUDA, SDPA where it does not apply or fails).
     """
 
     def __init__(self, model, tokenizer, kv_budget_bytes: int | None = None, sync_every: int = 16,
@@ -163,8 +163,9 @@ class NativeEngine:
         the compiled code (the first round pays the compile, ~tens of seconds)."""
         if self._fns is None:
             on_cuda = device.type == "cuda"
-            use_triton = self.attention == "triton" or (self.attention is None and on_cuda)
-            attention = DecodeAttention() if use_triton else sdpa_attention
+            # SDPA by default: on an H200 at 64 rows × 640 slots the Triton kernel was no faster
+            # (bench/results/2026-12-03-rollout-h200.jsonl: 25.4k vs 25.7k tokens/s).
+            attention = DecodeAttention() if self.attention == "triton" else sdpa_attention
             if self.compile if self.compile is not None else on_cuda:
                 # Sampling and its bookkeeping are a dozen passes over [B, V] floats: fused into a few.
                 self._fns = DecodeFns.compiled(attention), Compiled(_emit)
