@@ -116,7 +116,7 @@ def main() -> None:
     batch = n_prompts * g
 
     native = NativeEngine(model, tokenizer, cuda_graphs=not args.no_graphs,
-                          merge_lora=MERGE[args.merge], attention=args.attention)
+                          rollout_merge_lora=MERGE[args.merge], attention=args.attention)
     # Warm-up round of the same shape: kernels, cuBLAS, allocator, and the compiled step pieces
     # (training compiles once, in its first round; every later round has the same shapes).
     timed(native, prompts, g, args.new_tokens)

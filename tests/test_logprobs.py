@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import make_model
 
-from rlvr.grpo.logprobs import chunked_logprobs, naive_logprobs
 from rlvr.grpo.objective import StepShape, aggregate, per_token_loss
 from rlvr.models.forward import completion_logprobs
+from rlvr.models.logprobs import chunked_logprobs, naive_logprobs
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

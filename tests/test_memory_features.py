@@ -222,18 +222,19 @@ def test_float32_model_has_no_scaler(tmp_path):
 
 def test_memory_estimate_counts_the_decode_copy_of_the_merge_scope():
     from rlvr.grpo.memory import estimate_memory
+    from rlvr.rollout import MemoryPlan
 
     tok = make_tokenizer()
     # Wide enough that the copies show at the estimate's 1 MiB resolution.
     model = attach_lora(make_model("llama", vocab_size=len(tok), hidden_size=1024, intermediate_size=2048), 4, 8)
     cfg = GRPOConfig(per_device_train_batch_size=8, num_generations=4)
-    copies = {scope: estimate_memory(model, cfg, 16, scope)["decode_copy"] for scope in (False, True, "all",
-                                                                                        "attention")}
+    copies = {merge: estimate_memory(model, cfg, 16, MemoryPlan(merge))["decode_copy"]
+              for merge in (False, True, "attention")}
     layer = model.get_base_model().model.layers[0]
     attention = sum(getattr(layer.self_attn, n).base_layer.weight.numel() for n in ("q_proj", "k_proj", "v_proj",
                                                                                     "o_proj"))
     expected = 2 * attention * 4 / 2**30  # two layers, fp32
-    assert copies[False] == 0 and copies[True] == copies["all"] > copies["attention"] > 0
+    assert copies[False] == 0 and copies[True] > copies["attention"] > 0
     assert copies["attention"] == pytest.approx(expected, abs=1e-3)
     with pytest.raises(RlvrError, match="rollout_merge_lora"):
         GRPOConfig(rollout_merge_lora="atention").validate()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from rlvr.data.gsm8k import extract_hash_answer
+from rlvr.data.answers import extract_hash_answer
 from rlvr.data.prompts import SYSTEM_PROMPT, to_conversation
 from rlvr.errors import RlvrError, nearest
 

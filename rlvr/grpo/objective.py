@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 TIS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
@@ -114,6 +113,29 @@ class StepShape:
     max_completion_length: int
 
 
+def _grpo(masked: torch.Tensor, mask: torch.Tensor, step: StepShape, micro_batch_tokens: int | None) -> torch.Tensor:
+    per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1)  # each sequence's token mean, then over S
+    return per_seq.sum() / max(1, step.num_sequences)
+
+
+def _bnpo(masked: torch.Tensor, mask: torch.Tensor, step: StepShape, micro_batch_tokens: int | None) -> torch.Tensor:
+    tokens = mask.sum().clamp(min=1) if micro_batch_tokens is None else max(1, micro_batch_tokens)
+    return masked.sum() / tokens / max(1, step.num_micro_batches)  # token mean per micro-batch
+
+
+def _dr_grpo(masked: torch.Tensor, mask: torch.Tensor, step: StepShape, micro_batch_tokens: int | None) -> torch.Tensor:
+    return masked.sum() / max(1, step.num_sequences * step.max_completion_length)  # a constant normaliser
+
+
+def _dapo(masked: torch.Tensor, mask: torch.Tensor, step: StepShape, micro_batch_tokens: int | None) -> torch.Tensor:
+    return masked.sum() / max(1, step.num_tokens)  # token mean over S
+
+
+# loss_type → aggregation; the config's choices for train.loss_type are these keys.
+AGGREGATIONS = {"grpo": _grpo, "bnpo": _bnpo, "dr_grpo": _dr_grpo, "dapo": _dapo}
+LOSS_TYPES = tuple(AGGREGATIONS)
+
+
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str, step: StepShape,
               micro_batch_tokens: int | None = None) -> torch.Tensor:
     """This micro-batch's share of the step loss; the shares of S sum to the step's loss.
@@ -123,18 +145,9 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str, step: Step
     micro-batch's tokens: when a micro-batch is run in pieces (a token budget), pass the whole
     micro-batch's count as micro_batch_tokens so the pieces add up to its loss.
     """
-    masked = loss * mask
-    if loss_type == "grpo":
-        per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1)
-        return per_seq.sum() / max(1, step.num_sequences)
-    if loss_type == "bnpo":
-        tokens = mask.sum().clamp(min=1) if micro_batch_tokens is None else max(1, micro_batch_tokens)
-        return masked.sum() / tokens / max(1, step.num_micro_batches)
-    if loss_type == "dr_grpo":
-        return masked.sum() / max(1, step.num_sequences * step.max_completion_length)
-    if loss_type == "dapo":
-        return masked.sum() / max(1, step.num_tokens)
-    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if loss_type not in AGGREGATIONS:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    return AGGREGATIONS[loss_type](loss * mask, mask, step, micro_batch_tokens)
 
 
 def clip_metrics(

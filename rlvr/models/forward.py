@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from rlvr.grpo.logprobs import DEFAULT_CHUNK_ELEMENTS, chunked_logprobs
+from rlvr.models.logprobs import DEFAULT_CHUNK_ELEMENTS, chunked_logprobs
 
 
 def base_causal_lm(model: torch.nn.Module) -> torch.nn.Module:

@@ -18,11 +18,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rlvr.rollout.engine import Rollout, SamplingParams
+from rlvr.config import ROLLOUT_MERGE_LORA
+from rlvr.rollout.engine import MemoryPlan, Rollout, SamplingParams, halve_rows
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
-from rlvr.rollout.native.weights import MERGE_SCOPES, ModelW, Unsupported, fuse_lora, merge_lora, read_weights
+from rlvr.rollout.native.weights import ModelW, Unsupported, fuse_lora, merge_lora, read_weights
 from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
 
 log = logging.getLogger("rlvr")
@@ -104,7 +105,7 @@ class NativeEngine:
     cache in multiples of this many slots, not the whole cache (one graph per multiple). compact:
     shrink the batch at a sync point when at least this fraction of it has finished (0 = never).
     batch_size: optional cap on rows per sub-batch (and the hf fallback's batch size).
-    merge_lora: fold LoRA into a per-round copy of the adapted matrices (q/k/v and gate/up stacked)
+    rollout_merge_lora: fold LoRA into a per-round copy of the adapted matrices (q/k/v and gate/up stacked)
     instead of running the adapters as extra matmuls: ~3× fewer kernels per token, at the memory of
     those matrices during the round; 'attention' merges only q/k/v/o (an eighth of the memory) and
     runs the MLP adapters fused; False runs every adapter as extra matmuls, those of q/k/v and of
@@ -116,7 +117,7 @@ class NativeEngine:
 
     def __init__(self, model, tokenizer, kv_budget_bytes: int | None = None, sync_every: int = 16,
                  cuda_graphs: bool = True, kv_bucket: int = 256, compact: float = 0.5,
-                 batch_size: int | None = None, merge_lora: bool | str | None = None,
+                 batch_size: int | None = None, rollout_merge_lora: bool | str | None = None,
                  compile: bool | None = None, attention: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.compile = compile
@@ -126,9 +127,10 @@ class NativeEngine:
         self._fns: tuple[DecodeFns, Callable] | None = None
         self.kv_budget_bytes, self.sync_every, self.cuda_graphs = kv_budget_bytes, sync_every, cuda_graphs
         self.kv_bucket, self.compact, self.batch_size = kv_bucket, compact, batch_size
-        if merge_lora not in (None, True, False, *MERGE_SCOPES):
-            raise ValueError(f"merge_lora must be True, False, None or one of {MERGE_SCOPES}, got {merge_lora!r}")
-        self.merge_lora = merge_lora
+        if rollout_merge_lora not in ROLLOUT_MERGE_LORA:
+            raise ValueError(f"rollout_merge_lora must be one of {ROLLOUT_MERGE_LORA}, got {rollout_merge_lora!r}")
+        self.rollout_merge_lora = rollout_merge_lora
+        self.rows_per_batch: int | None = None  # of the last generate
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.last_stats: dict = {}
         self.fallback: HFEngine | None = None
@@ -151,8 +153,22 @@ class NativeEngine:
         'attention' (q/k/v/o only), or None (adapters run as fused extra matmuls; default on CPU)."""
         if self.fallback is not None:
             return None
-        merge = self.merge_lora if self.merge_lora is not None else self.device.type == "cuda"
+        merge = self.rollout_merge_lora if self.rollout_merge_lora is not None else self.device.type == "cuda"
         return "all" if merge is True else (merge or None)
+
+    def memory_plan(self) -> MemoryPlan:
+        scope = self.merge_scope
+        return MemoryPlan(rollout_merge_lora=True if scope == "all" else (scope or False))
+
+    def reduce_batch(self) -> int | None:
+        """Half the rows the last generate ran per sub-batch (its KV budget may have capped them below
+        batch_size), as the new cap."""
+        if self.fallback is not None:
+            return self.fallback.reduce_batch()
+        rows = halve_rows(self.rows_per_batch)
+        if rows is not None:
+            self.batch_size = rows
+        return rows
 
     @property
     def merges_lora(self) -> bool:
@@ -209,6 +225,7 @@ class NativeEngine:
 
         rows = [p for p in prompt_ids for _ in range(num_generations)]
         per_batch = self._rows_per_batch(w, params, max(len(r) for r in rows), num_generations, len(rows))
+        self.rows_per_batch = per_batch
         toks, logps, lens = [], [], []
         for s in range(0, len(rows), per_batch):
             t, lp, n = self._generate_batch(w, rows[s:s + per_batch], params, gen)
