@@ -248,7 +248,11 @@ class GRPOTrainer(TrainerCore):
         pieces.append(rows[start:])
         return pieces
 
-    # ------------------------------------------------------------------ one micro-batch (the core calls these)
+    # ------------------------------------------------------------------ one step (the core calls these)
+
+    def train_step(self, micro_batches: list[torch.Tensor]) -> dict:
+        """One optimizer step over micro-batches of self.batch's row indices (the core's, TRL's metric names)."""
+        return step_metrics(super().train_step(micro_batches))
 
     def count(self, index: torch.Tensor) -> tuple[int, int]:
         return index.numel(), int(self.batch.completion_mask[index].sum())
@@ -311,7 +315,7 @@ class GRPOTrainer(TrainerCore):
         ga = a.gradient_accumulation_steps
         while self.step_in_round < self.steps_per_round and run.wants_more():
             first = self.step_in_round * ga
-            metrics = {**self.round_metrics, **step_metrics(self.train_step(schedule[first:first + ga])),
+            metrics = {**self.round_metrics, **self.train_step(schedule[first:first + ga]),
                        "memory/peak_gib": peak_memory_gib(self.device)}
             self.step_in_round += 1
             run.end_step(self.global_step, metrics, f"reward {metrics['reward']:.3f}  loss {metrics['loss']:+.4f}")

@@ -44,6 +44,7 @@ class TrainerCore:
         self.update = OptimizerUpdate(model, args, total_steps, self.device,
                                       on_oom=lambda: discard_offloaded_activations(model))
         self.global_step = 0
+        self.session: RunSession | None = None
 
     # ------------------------------------------------------------------ for subclasses
 
@@ -77,7 +78,12 @@ class TrainerCore:
         session = RunSession(self, self.kind, self.args, self.model, self.update, self.total_steps, self.label,
                              self.show_progress).open(resume, force)
         self.global_step = session.step
+        self.session = session
         return session
+
+    def request_stop(self) -> None:
+        """What Ctrl-C / SIGTERM do: finish this step, save a checkpoint, return from train()."""
+        self.session.request_stop()
 
     def train_step(self, micro_batches: list) -> dict:
         """One optimizer step over `micro_batches`: metric sums (with 'loss'), grad_norm, learning_rate…"""

@@ -212,11 +212,11 @@ class RunSession:
         for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
             try:
                 if signal.getsignal(sig) is default:
-                    self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
+                    self._previous_handlers[sig] = signal.signal(sig, self.request_stop)
             except ValueError:  # not the main thread: signals stay with the caller
                 pass
 
-    def _request_stop(self, *_) -> None:
+    def request_stop(self, *_) -> None:
         log.warning("interrupt: finishing this step, saving a checkpoint, then stopping")
         self.stop_requested = True
 
