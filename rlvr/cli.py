@@ -57,15 +57,32 @@ def _training_config(args, train_cls):
     return load_run_config(args.config, train_cls, overrides)
 
 
+def _run_training(args, train_cls, run, command: str) -> dict:
+    """`rlvr train|sft`: config, run-directory check, the directory and dashboard command on stderr, the
+    run; Ctrl-C or SIGTERM end it with a checkpoint and the resume command."""
+    from rlvr.train.session import check_output_dir
+
+    if args.force and not args.resume:
+        raise RlvrError(f"rlvr {command}: --force goes with --resume (continue despite changed settings); add "
+                        "--resume or drop --force")
+    cfg = _training_config(args, train_cls)
+    if args.overwrite:
+        cfg.train.overwrite_output_dir = True
+    out = cfg.train.output_dir
+    check_output_dir(out, args.resume or cfg.train.resume_from_checkpoint, cfg.train.overwrite_output_dir)
+    print(f"rlvr: run directory {out}; watch it with: rlvr dashboard {out}", file=sys.stderr, flush=True)
+    result = run(cfg, resume=args.resume, force=args.force)
+    if result.get("interrupted"):
+        again = f"rlvr {command} {args.config} --output-dir {out} --resume"
+        print(f"interrupted at step {result.get('step')}; resume with: {again}", file=sys.stderr)
+    return result
+
+
 def cmd_train(args) -> int:
     from rlvr.config import GRPOConfig
     from rlvr.pipeline import run_grpo
 
-    cfg = _training_config(args, GRPOConfig)
-    result = run_grpo(cfg, resume=args.resume)
-    if result.get("interrupted"):
-        again = f"rlvr train {args.config} --output-dir {cfg.train.output_dir} --resume"
-        print(f"interrupted at step {result.get('step')}; resume with: {again}", file=sys.stderr)
+    result = _run_training(args, GRPOConfig, run_grpo, "train")
     print(json.dumps({k: result[k] for k in ("step", "reward", "run_dir") if k in result}))
     return 0
 
@@ -74,7 +91,7 @@ def cmd_sft(args) -> int:
     from rlvr.config import SFTConfig
     from rlvr.pipeline import run_sft
 
-    result = run_sft(_training_config(args, SFTConfig))
+    result = _run_training(args, SFTConfig, run_sft, "sft")
     print(json.dumps({k: result[k] for k in ("step", "loss", "run_dir") if k in result}))
     return 0
 
@@ -172,9 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("config", help="YAML run config (see examples/)")
         t.add_argument("--output-dir", help="override train.output_dir")
         t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-        if name == "train":
-            t.add_argument("--resume", nargs="?", const="latest", default=None,
-                           help="resume from the run directory's latest checkpoint (or a given checkpoint)")
+        t.add_argument("--resume", nargs="?", const="latest", default=None,
+                       help="resume from the run directory's latest checkpoint (or a given checkpoint)")
+        t.add_argument("--force", action="store_true",
+                       help="with --resume: continue even though settings that change the math differ")
+        t.add_argument("--overwrite", action="store_true",
+                       help="start over in an output directory that already holds a run (its files are removed)")
         t.set_defaults(func=func)
 
     e = sub.add_parser("eval", help="accuracy, format compliance, pass@k of a model (or several: --compare) "

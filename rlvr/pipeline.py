@@ -27,30 +27,35 @@ def write_config(cfg: RunConfig, run_dir: str | Path) -> None:
     (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def run_sft(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progress: bool | None = None) -> dict:
-    from rlvr.models import load_model_from_config
+def run_sft(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progress: bool | None = None,
+            resume: str | None = None, force: bool = False) -> dict:
     from rlvr.sft import SFTTrainer
 
-    # Data first: a bad column should fail in a second, not after the model has loaded.
-    if train is None:
-        train, _ = build_datasets(cfg)
-    if model is None:
-        model, tokenizer = load_model_from_config(cfg.model)
-    write_config(cfg, cfg.train.output_dir)
-    return SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress).train()
+    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume)
+    return SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress).train(resume, force)
 
 
 def run_grpo(cfg: RunConfig, model=None, tokenizer=None, train=None, resume: str | None = None,
-             show_progress: bool | None = None) -> dict:
+             show_progress: bool | None = None, force: bool = False) -> dict:
     from rlvr.grpo.trainer import GRPOTrainer
-    from rlvr.models import load_model_from_config
 
-    # Data first: a bad column should fail in a second, not after the model has loaded.
+    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume)
+    trainer = GRPOTrainer(model, tokenizer, cfg.rewards, train, cfg.train, reasoning_tag=cfg.data.reasoning_tag,
+                          answer_tag=cfg.data.answer_tag, show_progress=show_progress)
+    return trainer.train(resume_from_checkpoint=resume, force=force)
+
+
+def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None):
+    """The run directory checked, then the data (a bad column fails in a second, not after the model
+    has loaded), then the model (its new LoRA seeded by train.seed), then config.yaml."""
+    from rlvr.models import load_model_from_config
+    from rlvr.train.session import check_output_dir
+
+    t = cfg.train
+    check_output_dir(t.output_dir, resume or t.resume_from_checkpoint, t.overwrite_output_dir)
     if train is None:
         train, _ = build_datasets(cfg)
     if model is None:
-        model, tokenizer = load_model_from_config(cfg.model)
-    write_config(cfg, cfg.train.output_dir)
-    trainer = GRPOTrainer(model, tokenizer, cfg.rewards, train, cfg.train, reasoning_tag=cfg.data.reasoning_tag,
-                          answer_tag=cfg.data.answer_tag, show_progress=show_progress)
-    return trainer.train(resume_from_checkpoint=resume)
+        model, tokenizer = load_model_from_config(cfg.model, seed=t.seed)
+    write_config(cfg, t.output_dir)
+    return model, tokenizer, train

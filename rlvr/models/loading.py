@@ -107,7 +107,8 @@ def _present_targets(model: torch.nn.Module, wanted: list[str]) -> list[str]:
 
 
 def attach_lora(model, rank: int = 16, alpha: int = 16, dropout: float = 0.0,
-                target_modules: list[str] | None = None):
+                target_modules: list[str] | None = None, seed: int | None = None):
+    """LoRA adapters on `target_modules`; `seed` seeds their initialisation (same seed, same adapter)."""
     from peft import LoraConfig, get_peft_model
 
     wanted = list(target_modules or DEFAULT_LORA_TARGETS)
@@ -119,6 +120,8 @@ def attach_lora(model, rank: int = 16, alpha: int = 16, dropout: float = 0.0,
         )
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                      task_type="CAUSAL_LM", bias="none")
+    if seed is not None:
+        torch.manual_seed(seed)  # lora_A's kaiming init draws from the global generator
     return get_peft_model(model, cfg)
 
 
@@ -137,8 +140,10 @@ def load_model(
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    seed: int | None = None,
 ):
-    """Load (model, tokenizer); the model is on `device`, LoRA-wrapped unless use_lora=False."""
+    """Load (model, tokenizer); the model is on `device`, LoRA-wrapped unless use_lora=False (a new
+    adapter initialised from `seed` when given)."""
     from transformers import AutoModelForCausalLM
 
     device = torch.device(device) if device is not None else default_device()
@@ -162,7 +167,7 @@ def load_model(
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = attach_lora(model, lora_rank, lora_alpha, lora_dropout, target_modules)
+        model = attach_lora(model, lora_rank, lora_alpha, lora_dropout, target_modules, seed=seed)
     return model, tokenizer
 
 
@@ -186,10 +191,11 @@ def _bnb_4bit_config(device: torch.device, compute_dtype: torch.dtype):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-def load_model_from_config(cfg: ModelConfig, device: str | torch.device | None = None):
+def load_model_from_config(cfg: ModelConfig, device: str | torch.device | None = None, seed: int | None = None):
     return load_model(
         cfg.model_name_or_path, gguf_file=cfg.gguf_file, dtype=cfg.dtype, use_lora=cfg.use_lora,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target_modules, adapter_path=cfg.adapter_path, load_in_4bit=cfg.load_in_4bit,
         device=device, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
+        seed=seed,
     )
