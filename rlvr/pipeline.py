@@ -31,7 +31,7 @@ def run_sft(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progres
             resume: str | None = None, force: bool = False) -> dict:
     from rlvr.sft import SFTTrainer
 
-    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume)
+    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume, force)
     return SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress).train(resume, force)
 
 
@@ -39,20 +39,21 @@ def run_grpo(cfg: RunConfig, model=None, tokenizer=None, train=None, resume: str
              show_progress: bool | None = None, force: bool = False) -> dict:
     from rlvr.grpo.trainer import GRPOTrainer
 
-    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume)
+    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume, force)
     trainer = GRPOTrainer(model, tokenizer, cfg.rewards, train, cfg.train, reasoning_tag=cfg.data.reasoning_tag,
                           answer_tag=cfg.data.answer_tag, show_progress=show_progress)
     return trainer.train(resume_from_checkpoint=resume, force=force)
 
 
-def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None):
-    """The run directory checked, then the data (a bad column fails in a second, not after the model
-    has loaded), then the model (its new LoRA seeded by train.seed), then config.yaml."""
+def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None, force: bool):
+    """The run directory (and the checkpoint to resume) checked, then the data (a bad column fails in a
+    second, not after the model has loaded), then the model (its new LoRA seeded by train.seed), then
+    config.yaml."""
     from rlvr.models import load_model_from_config
-    from rlvr.train.session import check_output_dir
+    from rlvr.train.session import check_run_start
 
     t = cfg.train
-    check_output_dir(t.output_dir, resume or t.resume_from_checkpoint, t.overwrite_output_dir)
+    check_run_start(t, resume, force)
     if train is None:
         train, _ = build_datasets(cfg)
     if model is None:

@@ -56,6 +56,24 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
         raise RlvrError(f"output directory {output_dir} is a file; pick another --output-dir")
 
 
+def check_run_start(args, resume: str | None = None, force: bool = False) -> Path | None:
+    """Everything that can refuse a run before a model loads: the output directory (check_output_dir)
+    and, when resuming, the checkpoint and the settings that changed since it. Returns the checkpoint."""
+    resume = resume or args.resume_from_checkpoint
+    check_output_dir(args.output_dir, resume, getattr(args, "overwrite_output_dir", False))
+    if not resume:
+        return None
+    path = resolve_checkpoint(Path(args.output_dir), resume)
+    saved = json.loads((path / "trainer_state.json").read_text())
+    differences = math_differences(saved.get("config", {}), dataclasses.asdict(args))
+    if differences and not force:
+        raise RlvrError(f"--resume: the config changed since {path.name} in ways that change the math "
+                        f"({'; '.join(differences)}); restore them, or add --force to resume anyway")
+    if differences:
+        log.warning("resuming despite config changes: %s", "; ".join(differences))
+    return path
+
+
 def clear_run(run_dir: Path) -> None:
     for name in RUN_PRODUCTS:
         path = run_dir / name
@@ -107,15 +125,13 @@ class RunSession:
         """Prepare (or check) the run directory, restore a checkpoint when resuming, open the writers.
         Returns the step to continue from (0 for a new run) in `self.step`."""
         a = self.args
-        resume = resume or a.resume_from_checkpoint
-        overwrite = getattr(a, "overwrite_output_dir", False)
-        check_output_dir(self.run_dir, resume, overwrite)
+        checkpoint = check_run_start(a, resume, force)
         if self.writes:
             prepare_run_dir(self.run_dir)
-            if overwrite and not resume:
+            if getattr(a, "overwrite_output_dir", False) and checkpoint is None:
                 clear_run(self.run_dir)
-        if resume:
-            self.step = self._resume(resume, force)
+        if checkpoint is not None:
+            self.step = self._resume(checkpoint)
         config = dataclasses.asdict(a)
         if self.writes:
             self.status = RunStatus(self.run_dir, self.kind, config, model_name(self.model), self.total_steps,
@@ -129,15 +145,7 @@ class RunSession:
         self._catch_stop_signals()
         return self
 
-    def _resume(self, which: str, force: bool) -> int:
-        path = resolve_checkpoint(self.run_dir, which)
-        saved = json.loads((path / "trainer_state.json").read_text())
-        differences = math_differences(saved.get("config", {}), dataclasses.asdict(self.args))
-        if differences and not force:
-            raise RlvrError(f"--resume: the config changed since {path.name} in ways that change the math "
-                            f"({'; '.join(differences)}); restore them, or add --force to resume anyway")
-        if differences:
-            log.warning("resuming despite config changes: %s", "; ".join(differences))
+    def _resume(self, path: Path) -> int:
         state = load_checkpoint(path, self.model, self.update.optimizer, self.update.scheduler)
         self.update.load_state_dict(state.get("update", state))
         self.trainer.restore_checkpoint(state.get("trainer", {}), path)
@@ -226,4 +234,4 @@ class RunSession:
         self._previous_handlers = {}
 
 
-__all__ = ["RUN_PRODUCTS", "Checkpointed", "RunSession", "check_output_dir", "math_differences"]
+__all__ = ["RUN_PRODUCTS", "Checkpointed", "RunSession", "check_output_dir", "check_run_start", "math_differences"]
