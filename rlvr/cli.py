@@ -126,35 +126,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pathlib import Path
+    from rlvr.export import export_outputs
 
-    from rlvr.export import export_run, export_run_gguf, load_run, parse_quantizations, push_to_hub, save_merged
-    from rlvr.export.hub import hub_token
-
-    if args.ollama and not args.gguf:
-        raise RlvrError("rlvr export: --ollama writes a Modelfile beside GGUF files; add --gguf f16 (or another type)")
-    if args.private and not args.push_to_hub:
-        raise RlvrError("rlvr export: --private applies to --push-to-hub REPO; add it or drop --private")
-    if not (args.merged or args.gguf or args.push_to_hub):
-        raise RlvrError("rlvr export: choose what to write: --merged, --gguf f16[,q8_0,...] or --push-to-hub REPO")
-    if args.gguf:
-        parse_quantizations(args.gguf)  # a bad type or a missing token fails before the model loads
-    if args.push_to_hub:
-        hub_token()
-    written = []
-    if args.merged or args.gguf:
-        loaded = load_run(args.run_dir)  # one load serves both outputs
-        if args.merged:
-            written.append(save_merged(*loaded, Path(args.run_dir) / "merged", dtype=args.dtype))
-            print(f"merged model written to {written[-1]}")
-        if args.gguf:
-            files = export_run_gguf(args.run_dir, args.gguf, ollama=args.ollama, loaded=loaded)
-            written += files
-            print("GGUF export written: " + ", ".join(str(f) for f in files))
-    if args.push_to_hub:
-        # Nothing else asked for: the adapter (with its tokenizer) is what gets uploaded.
-        url = push_to_hub(written or [export_run(args.run_dir, merged=False)], args.push_to_hub, private=args.private)
-        print(f"uploaded to {url}")
+    export_outputs(args.run_dir, merged=args.merged, dtype=args.dtype, gguf=args.gguf, ollama=args.ollama,
+                   push_to_hub=args.push_to_hub, private=args.private)
     return 0
 
 
