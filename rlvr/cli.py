@@ -60,6 +60,7 @@ def _training_config(args, train_cls):
 def _run_training(args, train_cls, run, command: str) -> dict:
     """`rlvr train|sft`: config, run-directory check, the directory and dashboard command on stderr, the
     run; Ctrl-C or SIGTERM end it with a checkpoint and the resume command."""
+    from rlvr.config import to_dict
     from rlvr.train.session import check_run_start
 
     if args.force and not args.resume:
@@ -69,7 +70,7 @@ def _run_training(args, train_cls, run, command: str) -> dict:
     if args.overwrite:
         cfg.train.overwrite_output_dir = True
     out = cfg.train.output_dir
-    check_run_start(cfg.train, args.resume, args.force)
+    check_run_start(cfg.train, args.resume, args.force, model_config=to_dict(cfg.model))
     print(f"rlvr: run directory {out}; watch it with: rlvr dashboard {out}", file=sys.stderr, flush=True)
     result = run(cfg, resume=args.resume, force=args.force)
     if result.get("interrupted"):

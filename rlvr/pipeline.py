@@ -53,7 +53,7 @@ def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None
     from rlvr.train.session import check_run_start
 
     t = cfg.train
-    check_run_start(t, resume, force)
+    check_run_start(t, resume, force, model_config=to_dict(cfg.model))
     if train is None:
         train, _ = build_datasets(cfg)
     if model is None:

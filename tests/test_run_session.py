@@ -90,6 +90,19 @@ def test_resume_refuses_changed_math_unless_forced(tmp_path, capsys, model_dir):
     assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
 
 
+def test_resume_refuses_a_changed_model_before_loading_it(tmp_path, capsys, model_dir):
+    config = write_config(tmp_path, model_dir, "sft", save_steps=1)
+    assert cli(capsys, "sft", str(config), "--set", "train.max_steps=1")[0] == 0
+    assert_one_line_error(*cli(capsys, "sft", str(config), "--resume", "--set", "model.lora_rank=8"),
+                          "model.lora_rank: 4 → 8", "--force")
+
+
+def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys, model_dir):
+    (tmp_path / "taken").write_text("")
+    assert_one_line_error(*cli(capsys, "sft", str(write_config(tmp_path, model_dir, "sft")), "--output-dir",
+                               str(tmp_path / "taken")), "is a file")
+
+
 def test_force_without_resume_is_one_line(tmp_path, capsys, model_dir):
     assert_one_line_error(*cli(capsys, "sft", str(write_config(tmp_path, model_dir, "sft")), "--force"),
                           "--force goes with --resume")

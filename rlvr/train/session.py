@@ -35,7 +35,7 @@ NON_MATH_SETTINGS = frozenset({
     "output_dir", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint", "report_to",
     "log_completions", "completions_log_steps", "overwrite_output_dir", "max_steps", "num_train_epochs",
     "gradient_checkpointing", "micro_batch_token_budget", "logprob_chunk_elements", "rollout_backend",
-    "rollout_merge_lora", "max_nonfinite_steps", "reward_errors",
+    "rollout_merge_lora", "max_nonfinite_steps", "reward_errors", "attn_implementation", "trust_remote_code",
 })
 
 
@@ -56,9 +56,12 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
         raise RlvrError(f"output directory {output_dir} is a file; pick another --output-dir")
 
 
-def check_run_start(args, resume: str | None = None, force: bool = False) -> Path | None:
+def check_run_start(args, resume: str | None = None, force: bool = False,
+                    model_config: dict | None = None) -> Path | None:
     """Everything that can refuse a run before a model loads: the output directory (check_output_dir)
-    and, when resuming, the checkpoint and the settings that changed since it. Returns the checkpoint."""
+    and, when resuming, the checkpoint and the settings that changed since it (the train section's, and
+    the model section's against the run's config.yaml when `model_config` is given). Returns the
+    checkpoint."""
     resume = resume or args.resume_from_checkpoint
     check_output_dir(args.output_dir, resume, getattr(args, "overwrite_output_dir", False))
     if not resume:
@@ -66,6 +69,12 @@ def check_run_start(args, resume: str | None = None, force: bool = False) -> Pat
     path = resolve_checkpoint(Path(args.output_dir), resume)
     saved = json.loads((path / "trainer_state.json").read_text())
     differences = math_differences(saved.get("config", {}), dataclasses.asdict(args))
+    run_config = Path(args.output_dir) / "config.yaml"
+    if model_config is not None and run_config.is_file():
+        import yaml
+
+        saved_model = (yaml.safe_load(run_config.read_text()) or {}).get("model") or {}
+        differences += math_differences(saved_model, model_config, prefix="model.")
     if differences and not force:
         raise RlvrError(f"--resume: the config changed since {path.name} in ways that change the math "
                         f"({'; '.join(differences)}); restore them, or add --force to resume anyway")
@@ -83,13 +92,13 @@ def clear_run(run_dir: Path) -> None:
             path.unlink()
 
 
-def math_differences(saved: dict, new: dict) -> list[str]:
+def math_differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
     """'key: saved → new' for every setting that changes the math of a step."""
     out = []
     for key in sorted(set(saved) | set(new)):
         if key in NON_MATH_SETTINGS or saved.get(key) == new.get(key):
             continue
-        out.append(f"{key}: {saved.get(key)!r} → {new.get(key)!r}")
+        out.append(f"{prefix}{key}: {saved.get(key)!r} → {new.get(key)!r}")
     return out
 
 
