@@ -313,12 +313,15 @@ class GRPOTrainer(TrainerCore):
         micro = self.micro_batches(self.batch, self.round_index)
         schedule = [m for _ in range(a.num_iterations) for m in micro]
         ga = a.gradient_accumulation_steps
-        while self.step_in_round < self.steps_per_round and run.wants_more():
+        # A stop requested during the rollout still gets this round's first step (and its checkpoint).
+        while self.step_in_round < self.steps_per_round and run.steps_left():
             first = self.step_in_round * ga
             metrics = {**self.round_metrics, **self.train_step(schedule[first:first + ga]),
                        "memory/peak_gib": peak_memory_gib(self.device)}
             self.step_in_round += 1
             run.end_step(self.global_step, metrics, f"reward {metrics['reward']:.3f}  loss {metrics['loss']:+.4f}")
+            if run.stop_requested:
+                break
         if self.step_in_round == self.steps_per_round:
             self.round_index, self.step_in_round, self.batch = self.round_index + 1, 0, None
 

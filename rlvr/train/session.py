@@ -166,8 +166,12 @@ class RunSession:
 
     # ------------------------------------------------------------------ each step
 
+    def steps_left(self) -> bool:
+        return self.step < self.total_steps
+
     def wants_more(self) -> bool:
-        return self.step < self.total_steps and not self.stop_requested
+        """Steps left and no stop requested (a stop finishes the step under way, then saves)."""
+        return self.steps_left() and not self.stop_requested
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         if self.writes:
