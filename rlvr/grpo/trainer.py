@@ -24,7 +24,7 @@ from rlvr.data.templates import encode_prompt
 from rlvr.errors import RlvrError
 from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, reward_stats
 from rlvr.grpo.memory import estimate_memory, format_estimate
-from rlvr.grpo.objective import StepShape, aggregate, clip_metrics, per_token_loss, tis_weights
+from rlvr.grpo.objective import StepShape, aggregate, clip_metric_share, clip_metrics, per_token_loss, tis_weights
 from rlvr.grpo.round import RoundBatch
 from rlvr.models.checkpointing import enable_checkpointing
 from rlvr.models.forward import completion_logprobs
@@ -305,9 +305,10 @@ class GRPOTrainer:
             loss = aggregate(out.loss, mb.completion_mask, a.loss_type, shape, micro_batch_tokens)
             self._backward(loss)
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            share = clip_metric_share(out.log_weights, mb.completion_mask, shape)
             for k, v in clip_metrics(out.log_weights, mb.advantages, mb.completion_mask, a.epsilon,
                                      a.epsilon_high).items():
-                sums[k] = sums.get(k, 0.0) + v * weight
+                sums[k] = sums.get(k, 0.0) + v * share
             _add(sums, "entropy", entropy, mb.completion_mask, weight)
             if out.kl is not None:
                 _add(sums, "kl", out.kl, mb.completion_mask, weight)
