@@ -32,6 +32,7 @@ from rlvr.data.templates import encode_prompt
 from rlvr.errors import RlvrError
 from rlvr.evaluation.passk import pass_at_k, pass_at_k_interval
 from rlvr.rewards.gsm8k import format_patterns
+from rlvr.rewards.inputs import RewardLog, new_trainer_state, reward_inputs
 from rlvr.rewards.registry import resolve_rewards
 from rlvr.rewards.scoring import score_completions
 from rlvr.rewards.text import extract_tag
@@ -167,11 +168,9 @@ def _generate(engine, prompt_ids: list[list[int]], cfg: EvalConfig, desc: str) -
 def _rewards(funcs, weights, examples, n: int, texts: list[str],
              ids: list[list[int]]) -> tuple[float | None, dict[str, float | None]]:
     """(mean weighted total, {function name: mean}) over every completion."""
-    prompts = [ex["prompt"] for ex in examples for _ in range(n)]
-    # A conversational prompt gets a conversational completion, as the trainer gives them.
-    completions = [t if isinstance(p, str) else [{"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]
-    keys = dict.fromkeys(k for ex in examples for k in ex if k != "prompt")
-    columns = {k: [ex.get(k) for ex in examples for _ in range(n)] for k in keys}
+    # The arguments training gives (a TrainerState at step 0, working log hooks whose output is dropped).
+    prompts, completions, columns = reward_inputs([ex for ex in examples for _ in range(n)], texts)
+    columns.update(trainer_state=new_trainer_state(), **RewardLog().hooks())
     scores = score_completions(funcs, prompts, completions, ids, columns, weights=weights,
                                reward_errors="raise", step=0)
     present = [v for v in scores.total.tolist() if not math.isnan(v)]

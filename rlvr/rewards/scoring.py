@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from rlvr.errors import RlvrError, nearest
-from rlvr.rewards.text import RewardFunc, describe_error, short_repr
+from rlvr.rewards.text import SHARED_ARGUMENTS, RewardFunc, describe_error, short_repr
 
 ERROR_MODES = ("raise", "skip")
 _RESERVED = ("prompts", "completions", "completion_ids")
@@ -60,8 +60,8 @@ def score_completions(
 ) -> RewardScores:
     """Score N completions with K reward functions and combine them with `weights` (default all 1).
 
-    `columns` holds one value per completion for each dataset column, plus `trainer_state`, which is
-    passed to every function as it is.
+    `columns` holds one value per completion for each dataset column, plus the SHARED_ARGUMENTS
+    (`trainer_state`, `log_extra`, `log_metric`; see rewards/inputs.py), passed to every call as they are.
 
     >>> from rlvr.rewards import correctness_reward, int_reward
     >>> s = score_completions([correctness_reward, int_reward], ["q", "q"], ["<answer>4</answer>", "5"],
@@ -187,7 +187,7 @@ class _Batch:
         if self.base["completion_ids"] is not None:
             sized["completion_ids"] = self.base["completion_ids"]
         for key, values in sized.items():
-            if key == "trainer_state":
+            if key in SHARED_ARGUMENTS:
                 continue
             if not hasattr(values, "__len__") or len(values) != self.n:
                 got = f"{len(values)} values" if hasattr(values, "__len__") else f"a {type(values).__name__}"
@@ -202,7 +202,7 @@ class _Batch:
     def row(self, i: int) -> dict[str, Any]:
         # Slicing (not indexing) keeps every argument a length-1 list, or a [1, C] tensor.
         sliced = {k: (v if v is None else v[i : i + 1]) for k, v in self.base.items()}
-        cols = {k: (v if k == "trainer_state" else v[i : i + 1]) for k, v in self.columns.items()}
+        cols = {k: (v if k in SHARED_ARGUMENTS else v[i : i + 1]) for k, v in self.columns.items()}
         return {**sliced, **cols}
 
 
