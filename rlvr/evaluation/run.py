@@ -21,5 +21,7 @@ def run_eval(cfg: RunConfig, model=None, tokenizer=None, examples=None, desc: st
         model, tokenizer = load_model_from_config(cfg.model)
     funcs = resolve_rewards(cfg.rewards, reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag)
     engine = make_engine(cfg.eval.rollout_backend, model, tokenizer, batch_size=cfg.eval.batch_size)
+    # Weighed as training weighs them (GRPOConfig.reward_weights; an SFT config has none).
     return evaluate(model, tokenizer, examples, cfg.eval, reward_funcs=funcs, engine=engine,
-                    reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag, desc=desc)
+                    reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag, desc=desc,
+                    reward_weights=getattr(cfg.train, "reward_weights", None))

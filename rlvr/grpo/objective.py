@@ -151,20 +151,35 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str, step: Step
 
 
 def clip_metrics(
-    log_weights: torch.Tensor,  # [B, T] or [B, 1]
+    log_weights: torch.Tensor,  # [B, T] (token level) or [B, 1] (sequence level, GSPO)
     advantages: torch.Tensor,  # [B]
     mask: torch.Tensor,  # [B, T]
     epsilon_low: float,
     epsilon_high: float | None,
 ) -> dict[str, float]:
-    """Share of active tokens whose ratio sat outside the trust region on the side that clips."""
+    """Share of weights outside the trust region on the side that clips, as TRL 1.16 counts it.
+
+    Token-level weights are averaged over active tokens; a sequence-level weight is one value per
+    sequence, so it is averaged over the B sequences (a long sequence counts once, not per token).
+    """
     eps_high = epsilon_low if epsilon_high is None else epsilon_high
-    w = torch.exp(log_weights).expand_as(mask)
+    w = torch.exp(log_weights)
     adv = advantages.unsqueeze(-1)
     low = ((w < 1 - epsilon_low) & (adv < 0)).float()
     high = ((w > 1 + eps_high) & (adv > 0)).float()
-    return {
-        "clip_ratio/low_mean": _masked_mean(low, mask).item(),
-        "clip_ratio/high_mean": _masked_mean(high, mask).item(),
-        "clip_ratio/region_mean": _masked_mean(torch.maximum(low, high), mask).item(),
-    }
+    region = torch.maximum(low, high)
+    per_sequence = log_weights.shape[-1] == 1 and mask.shape[-1] != 1
+
+    def mean(x: torch.Tensor) -> float:
+        return (x.mean() if per_sequence else _masked_mean(x.expand_as(mask), mask)).item()
+
+    return {"clip_ratio/low_mean": mean(low), "clip_ratio/high_mean": mean(high),
+            "clip_ratio/region_mean": mean(region)}
+
+
+def clip_metric_share(log_weights: torch.Tensor, mask: torch.Tensor, step: StepShape) -> float:
+    """This micro-batch's share of the step's clip metrics: its sequences' share at sequence level,
+    its tokens' share at token level (what `clip_metrics` averages over)."""
+    if log_weights.shape[-1] == 1 and mask.shape[-1] != 1:
+        return mask.shape[0] / max(1, step.num_sequences)
+    return mask.sum().item() / max(1, step.num_tokens)

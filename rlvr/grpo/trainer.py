@@ -19,9 +19,10 @@ from rlvr.data.templates import encode_prompt
 from rlvr.errors import RlvrError
 from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, reward_stats
 from rlvr.grpo.memory import estimate_memory, format_estimate
-from rlvr.grpo.objective import StepShape, aggregate, clip_metrics, per_token_loss, tis_weights
+from rlvr.grpo.objective import StepShape, aggregate, clip_metric_share, clip_metrics, per_token_loss, tis_weights
 from rlvr.grpo.round import RoundBatch
 from rlvr.models.forward import completion_logprobs
+from rlvr.rewards.inputs import RewardLog, new_trainer_state, reward_inputs
 from rlvr.rewards.registry import resolve_rewards
 from rlvr.rewards.scoring import score_completions
 from rlvr.rollout import SamplingParams, make_engine
@@ -82,6 +83,8 @@ class GRPOTrainer(TrainerCore):
         else:
             rounds = max(1, math.floor(a.num_train_epochs * self.rounds_per_epoch))
             self.total_steps = rounds * self.steps_per_round
+        self.state = new_trainer_state(self.total_steps, a.num_train_epochs, a.logging_steps, a.save_steps,
+                                       a.per_device_train_batch_size)  # what reward functions see, as in TRL
         # ℓ^old is only needed when the policy can change between sampling and use (semantics §1).
         self.needs_old = self.spg > a.gradient_accumulation_steps or a.num_iterations > 1
         self.is_peft = hasattr(model, "disable_adapter")
@@ -128,12 +131,13 @@ class GRPOTrainer(TrainerCore):
                                             + self.tokenizer.pad_token_id * (1 - rollout.completion_mask),
                                             skip_special_tokens=True)
         rows = [self.examples[i] for i in idx for _ in range(G)]
-        prompts = [r["prompt"] for r in rows]
-        completions = [[{"role": "assistant", "content": t}] if isinstance(p, list) else t
-                       for p, t in zip(prompts, texts)]
+        prompts, completions, columns = reward_inputs(rows, texts)
         ids = [r[m.bool()].tolist() for r, m in zip(rollout.completion_ids, rollout.completion_mask)]
-        scores = score_completions(self.reward_funcs, prompts, completions, ids, self.reward_columns(rows, round_index),
-                                   a.reward_weights, a.reward_errors, self.global_step + 1)
+        self.state.global_step, self.state.epoch = self.global_step, round_index / self.rounds_per_epoch
+        reward_log = RewardLog()
+        columns.update(trainer_state=self.state, **reward_log.hooks())
+        scores = score_completions(self.reward_funcs, prompts, completions, ids, columns, a.reward_weights,
+                                   a.reward_errors, self.global_step + 1)
         advantages = group_advantages(scores.total, G, self.scale_rewards)
         t2 = time.perf_counter()
 
@@ -149,7 +153,7 @@ class GRPOTrainer(TrainerCore):
             batch.ref_logps = self._logps_no_grad(batch, adapters=False)
 
         lengths = rollout.completion_mask.sum(1).float()
-        metrics = {**reward_stats(scores.total, G), **scores.metrics,
+        metrics = {**reward_log.metrics(), **reward_stats(scores.total, G), **scores.metrics,
                    "completions/mean_length": lengths.mean().item(),
                    "completions/min_length": lengths.min().item(),
                    "completions/max_length": lengths.max().item(),
@@ -160,14 +164,10 @@ class GRPOTrainer(TrainerCore):
                     "group": i // G, "length": int(lengths[i]), "completion": texts[i], "reward": _f(scores.total[i]),
                     "rewards": {n: _f(scores.per_function[i, k]) for k, n in enumerate(scores.names)},
                     "advantage": _f(advantages[i])} for i in range(min(len(texts), 2 * G))]
+        for i, sample in enumerate(samples):  # columns reward functions added with log_extra
+            if extra := reward_log.extra_of(i):
+                sample["extra"] = extra
         return batch, metrics, samples
-
-    def reward_columns(self, rows: list[dict], round_index: int) -> dict[str, list]:
-        """The keyword arguments reward functions get besides prompts and completions."""
-        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
-        state = {"step": self.global_step, "epoch": round_index / self.rounds_per_epoch}
-        columns["trainer_state"] = [state] * len(rows)
-        return columns
 
     def generate(self, prompt_ids: list[list[int]], seed: int):
         """The round's rollout; out of memory, retried once with the engine's sub-batch halved."""
@@ -286,9 +286,10 @@ class GRPOTrainer(TrainerCore):
             loss = aggregate(out.loss, mb.completion_mask, a.loss_type, shape, micro_batch_tokens)
             self.backward(loss)
             total += loss.item()
+            share = clip_metric_share(out.log_weights, mb.completion_mask, shape)
             for k, v in clip_metrics(out.log_weights, mb.advantages, mb.completion_mask, a.epsilon,
                                      a.epsilon_high).items():
-                sums[k] = sums.get(k, 0.0) + v * weight
+                sums[k] = sums.get(k, 0.0) + v * share
             _add(sums, "entropy", entropy, mb.completion_mask, weight)
             if out.kl is not None:
                 _add(sums, "kl", out.kl, mb.completion_mask, weight)
