@@ -133,6 +133,7 @@ class GRPOConfig:
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
+        _check_max_steps(self.max_steps)
         if self.num_generations < 2:
             raise RlvrError(
                 f"train.num_generations must be >= 2 (group-relative advantages need a group), "
@@ -215,11 +216,20 @@ class SFTConfig:
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
+        _check_max_steps(self.max_steps)
         for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         _choice("train.lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))
         self.gradient_checkpointing = _checkpoint_mode(self.gradient_checkpointing)
+
+
+def _check_max_steps(max_steps: int) -> None:
+    # TRL (and transformers' Trainer) read any max_steps <= 0 as "train num_train_epochs"; only -1 says so
+    # on purpose, so 0 (or -5) is taken for the mistake it almost always is.
+    if max_steps == 0 or max_steps < -1:
+        raise RlvrError(f"train.max_steps: {max_steps} is not a number of steps; set a positive number of "
+                        "optimizer steps, or -1 to train for num_train_epochs")
 
 
 def _checkpoint_mode(value: bool | str) -> bool | str:
@@ -347,7 +357,10 @@ def load_run_config(path: str | Path, train_cls: type | None = GRPOConfig,
     if not isinstance(raw, dict):
         raise RlvrError(f"{path}: the top level must be a mapping with model/data/rewards/train/eval sections")
     for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update(values)
+        if isinstance(values, dict) and isinstance(raw.get(section, {}), dict):
+            raw.setdefault(section, {}).update(values)
+        else:  # a top-level setting such as `rewards`, or a section the file got wrong: replaced whole
+            raw[section] = values
     return config_from_dict(raw, train_cls, where=str(path))
 
 

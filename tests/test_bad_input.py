@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from importlib.metadata import version
+
 import pytest
 import yaml
 
@@ -122,3 +125,70 @@ def test_reward_weights_length_checked_by_trainer(tmp_path):
 def test_yaml_numbers_written_as_strings_are_accepted():
     cfg = config_from_dict({"train": {"learning_rate": "5e-6"}})
     assert cfg.train.learning_rate == 5e-6
+
+
+# ---------------------------------------------------------------- issue 13: one line, nothing written
+
+
+def refused(tmp_path, capsys, config: dict, *needles, command="train", extra=()):
+    """Run the CLI into tmp_path/run; assert exit 2, one error line with `needles`, and no run directory."""
+    run = tmp_path / "run"
+    one_line_error(*run_cli(tmp_path, capsys, config, command, ["--output-dir", str(run), *extra]), *needles)
+    assert not run.exists()
+
+
+def test_latin1_dataset_file(tmp_path, capsys):
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes('{"question": "1+1?", "answer": "2"}\n{"question": "café 1+1?", "answer": "2"}\n'
+                     .encode("latin-1"))
+    refused(tmp_path, capsys, {"data": {"dataset": str(data)}}, "not UTF-8", "line 2", "iconv")
+
+
+def test_malformed_jsonl_line_is_named(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n' * 3 + '{"question": oops}\n')
+    refused(tmp_path, capsys, {"data": {"dataset": str(data)}}, "line 4 is not valid JSON")
+
+
+@pytest.mark.parametrize("question", ["", "   "])
+def test_empty_prompt_names_the_row(tmp_path, capsys, question):
+    data = tmp_path / "d.jsonl"
+    rows = [{"question": "1+1?", "answer": "2"}, {"question": question, "answer": "2"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    refused(tmp_path, capsys, {"data": {"dataset": str(data)}}, "row 1", "empty question")
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+@pytest.mark.parametrize("steps", [0, -2])
+def test_max_steps_zero_is_refused(tmp_path, capsys, command, steps):
+    refused(tmp_path, capsys, {"train": {"max_steps": steps}}, "train.max_steps", "-1", command=command)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rlvr {version('rlvr')}"
+
+
+@pytest.mark.parametrize("value", ["[gsm8k, numeric_proximity]", "gsm8k,numeric_proximity"])
+def test_set_rewards(value):
+    from rlvr.cli import _parse_set
+
+    overrides = _parse_set([f"rewards={value}", "train.max_steps=3"])
+    assert overrides == {"rewards": ["gsm8k", "numeric_proximity"], "train": {"max_steps": 3}}
+
+
+def test_set_rewards_replaces_the_files_list(tmp_path):
+    from rlvr.cli import _parse_set
+    from rlvr.config import load_run_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"rewards": ["correctness"]}))
+    cfg = load_run_config(path, GRPOConfig, _parse_set(["rewards=int,xml_count"]))
+    assert cfg.rewards == ["int", "xml_count"]
+
+
+@pytest.mark.parametrize("item", ["rewards=", "rewards=[1, 2]", "rewards=a,,b"])
+def test_set_rewards_malformed(tmp_path, capsys, item):
+    refused(tmp_path, capsys, {}, "--set", "rewards=", extra=["--set", item])

@@ -84,9 +84,14 @@ def _to_messages(
 ) -> list[dict[str, Any]]:
     value = _cell(row, index, column, where)
     if isinstance(value, str):
+        if not value.strip():
+            raise RlvrError(f"{where} row {index}: column '{column}' is an empty question; fill in or drop that row")
         return to_conversation(value, system_prompt)
     if isinstance(value, list) and value and all(_is_message(m) for m in value):
         messages = [dict(m) for m in value]
+        if not any(str(m["content"]).strip() for m in messages if m["role"] == "user"):
+            raise RlvrError(f"{where} row {index}: column '{column}' has no user message with text; "
+                            "fill in or drop that row")
         if system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system_prompt})
         return messages
