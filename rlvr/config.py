@@ -105,7 +105,7 @@ class GRPOConfig:
     vllm_importance_sampling_correction: bool = True  # TIS, when the rollout engine reports log-probs
     vllm_importance_sampling_mode: str = "token_truncate"
     vllm_importance_sampling_cap: float = 2.0
-    optim: str = "adamw_8bit"  # falls back to adamw_torch when bitsandbytes is missing
+    optim: str = "adamw_8bit"  # adamw_torch (with a warning, recorded in config.yaml) without bitsandbytes on CUDA
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     adam_epsilon: float = 1e-8

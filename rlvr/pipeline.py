@@ -7,6 +7,8 @@ directory and returns a plain dict.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -78,49 +80,117 @@ def write_config(cfg: RunConfig, run_dir: str | Path) -> None:
     (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def run_sft(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progress: bool | None = None) -> dict:
+def check_output_dir(path: str | Path) -> None:
+    """Refuse an output_dir that is a file (or lies under one) before anything loads."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is" if folder == path else f"lies under {folder}, which is"
+                raise RlvrError(f"train.output_dir {path} {where} an existing file, not a folder; choose "
+                                "another --output-dir")
+            return
+
+
+def check_model_paths(cfg: RunConfig) -> None:
+    """A missing or wrong model path or adapter folder is refused before the data and the model load."""
+    from rlvr.models.adapter_checks import read_adapter_config
+    from rlvr.models.loading import resolve_source
+
+    resolve_source(cfg.model.model_name_or_path, cfg.model.gguf_file)
+    if cfg.model.adapter_path:
+        read_adapter_config(cfg.model.adapter_path)
+
+
+def check_rewards(cfg: RunConfig) -> None:
+    """Import the rewards now (a typo in 'module:function' or 'file.py:function' costs a second, not a model load)."""
+    from rlvr.rewards.registry import resolve_rewards
+
+    resolve_rewards(cfg.rewards, reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag)
+
+
+def resolve_optimizer(cfg: RunConfig, model) -> None:
+    """Set train.optim to the optimizer that will run (the 8-bit ones fall back to adamw_torch without
+    bitsandbytes on CUDA, with a warning), so config.yaml and run.json record it."""
+    from rlvr.train.optim import resolve_optim
+
+    cfg.train.optim = resolve_optim(cfg.train.optim, next(model.parameters()).is_cuda)
+
+
+def load_model_with_status(cfg: RunConfig):
+    """load_model_from_config with a line before and after on stderr: a large model takes minutes."""
+    import time
+
     from rlvr.models import load_model_from_config
+
+    m = cfg.model
+    adapter = f" with the adapter {m.adapter_path}" if m.adapter_path else ""
+    announce(f"loading {m.model_name_or_path}{adapter} ...")
+    start = time.perf_counter()
+    model, tokenizer = load_model_from_config(m)
+    device = next(model.parameters()).device
+    announce(f"model loaded in {time.perf_counter() - start:.1f} s on {device}")
+    return model, tokenizer
+
+
+def announce(message: str) -> None:
+    """One status line on stderr; RLVR_NO_PROGRESS silences it as it does the progress bars."""
+    if os.environ.get("RLVR_NO_PROGRESS") is None:
+        print(f"rlvr: {message}", file=sys.stderr, flush=True)
+
+
+def run_sft(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progress: bool | None = None) -> dict:
     from rlvr.sft import SFTTrainer
 
-    # Data first: a bad column should fail in a second, not after the model has loaded.
+    # Everything that can be checked without the model first: a bad column fails in a second.
+    if model is None:
+        check_model_paths(cfg)
     if train is None:
         train, _ = build_datasets(cfg)
+    check_output_dir(cfg.train.output_dir)
     if model is None:
-        model, tokenizer = load_model_from_config(cfg.model)
+        model, tokenizer = load_model_with_status(cfg)
+    resolve_optimizer(cfg, model)
+    trainer = SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress)
     write_config(cfg, cfg.train.output_dir)
-    return SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress).train()
+    return trainer.train()
 
 
 def run_grpo(cfg: RunConfig, model=None, tokenizer=None, train=None, resume: str | None = None,
              show_progress: bool | None = None) -> dict:
     from rlvr.grpo.trainer import GRPOTrainer
-    from rlvr.models import load_model_from_config
 
-    # Data first: a bad column should fail in a second, not after the model has loaded.
+    # Everything that can be checked without the model first: a bad column or reward fails in a second.
+    if model is None:
+        check_model_paths(cfg)
     if train is None:
         train, _ = build_datasets(cfg)
+    check_rewards(cfg)
+    check_output_dir(cfg.train.output_dir)
     if model is None:
-        model, tokenizer = load_model_from_config(cfg.model)
-    write_config(cfg, cfg.train.output_dir)
+        model, tokenizer = load_model_with_status(cfg)
+    resolve_optimizer(cfg, model)
     trainer = GRPOTrainer(model, tokenizer, cfg.rewards, train, cfg.train, reasoning_tag=cfg.data.reasoning_tag,
                           answer_tag=cfg.data.answer_tag, show_progress=show_progress)
+    write_config(cfg, cfg.train.output_dir)  # after the trainer's checks (e.g. prompts that cannot fit)
     return trainer.train(resume_from_checkpoint=resume)
 
 
 def run_eval(cfg: RunConfig, model=None, tokenizer=None, examples=None, desc: str = "eval") -> dict:
     from rlvr.evaluation import evaluate
-    from rlvr.models import load_model_from_config
     from rlvr.rewards.registry import resolve_rewards
 
+    if model is None:
+        check_model_paths(cfg)
     if examples is None:
         _, examples = build_datasets(cfg)
     if not examples:
         raise RlvrError("no evaluation examples: set data.eval_size > 0 or data.eval_dataset")
+    funcs = resolve_rewards(cfg.rewards, reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag)
     if model is None:
-        model, tokenizer = load_model_from_config(cfg.model)
+        model, tokenizer = load_model_with_status(cfg)
     from rlvr.rollout import make_engine
 
-    funcs = resolve_rewards(cfg.rewards, reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag)
     engine = make_engine(cfg.eval.rollout_backend, model, tokenizer, batch_size=cfg.eval.batch_size)
     return evaluate(model, tokenizer, examples, cfg.eval, reward_funcs=funcs, engine=engine,
                     reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag, desc=desc)

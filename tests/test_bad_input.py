@@ -192,3 +192,119 @@ def test_set_rewards_replaces_the_files_list(tmp_path):
 @pytest.mark.parametrize("item", ["rewards=", "rewards=[1, 2]", "rewards=a,,b"])
 def test_set_rewards_malformed(tmp_path, capsys, item):
     refused(tmp_path, capsys, {}, "--set", "rewards=", extra=["--set", item])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny base model folder and adapters: of this base (rank 4), of a smaller llama, of a GPT-2."""
+    from conftest import make_model, make_tokenizer
+
+    from rlvr.models.loading import attach_lora
+
+    root = tmp_path_factory.mktemp("saved")
+    tok = make_tokenizer()
+    base = make_model("llama", vocab_size=len(tok))
+    base.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    attach_lora(make_model("llama", vocab_size=len(tok)), rank=4).save_pretrained(root / "rank4")
+    attach_lora(make_model("llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64),
+                rank=4).save_pretrained(root / "smaller")
+    attach_lora(make_model("gpt2", vocab_size=len(tok)), rank=4, target_modules=["c_attn"]).save_pretrained(
+        root / "gpt2")
+    return root
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr("rlvr.models.load_model_from_config", refuse)
+
+
+def tiny_run(saved, **model):
+    return {"model": {"model_name_or_path": str(saved / "base"), **model},
+            "data": {"dataset": "builtin:arithmetic", "limit": 16, "eval_size": 2},
+            "train": {"num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 4},
+            "eval": {"max_new_tokens": 4, "rollout_backend": "hf"}}
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys, saved, no_model_loads):
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    for out in (blocker, blocker / "run"):
+        code, err = run_cli(tmp_path, capsys, tiny_run(saved), extra=["--output-dir", str(out)])
+        one_line_error(code, err, "existing file", "--output-dir")
+    assert blocker.read_text() == "keep me"
+
+
+def test_text_file_as_model_path(tmp_path, capsys, no_model_loads):
+    notes = tmp_path / "model.txt"
+    notes.write_text("Qwen/Qwen2.5-0.5B")
+    refused(tmp_path, capsys, {"model": {"model_name_or_path": str(notes)}}, "is a file, not a model", "folder")
+
+
+def test_reward_typo_is_refused_before_the_model_loads(tmp_path, capsys, saved, no_model_loads):
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text("def exact(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
+    refused(tmp_path, capsys, {**tiny_run(saved), "rewards": [f"{rewards}:exactt"]}, "has no 'exactt'",
+            "did you mean 'exact'")
+
+
+def test_missing_adapter_folder_before_the_model_loads(tmp_path, capsys, saved, no_model_loads):
+    refused(tmp_path, capsys, tiny_run(saved, adapter_path=str(tmp_path / "nope")), "adapter_config.json missing")
+
+
+@pytest.mark.parametrize("adapter,needle", [("smaller", "does not fit this model"),
+                                            ("gpt2", "modules this model does not have")])
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_adapter_of_another_base(tmp_path, capsys, saved, command, adapter, needle):
+    cfg = tiny_run(saved, adapter_path=str(saved / adapter))
+    if command == "eval":
+        code, err = run_cli(tmp_path, capsys, cfg, "eval")
+        one_line_error(code, err, needle, "model.model_name_or_path")
+    else:
+        refused(tmp_path, capsys, cfg, needle, "model.model_name_or_path")
+
+
+def test_adapter_naming_another_base_loads_with_a_warning(saved, tmp_path, caplog):
+    import shutil
+
+    from rlvr.models import load_model
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(saved / "rank4", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/other"}))
+    with caplog.at_level("WARNING", logger="rlvr"):
+        load_model(str(saved / "base"), adapter_path=str(adapter), device="cpu")
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "trained on 'org/other'" in warning and "model.model_name_or_path: org/other" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rlvr"):
+        load_model(str(saved / "base"), adapter_path=str(saved / "rank4"), device="cpu")  # no name recorded
+    assert not caplog.records
+
+
+def test_resume_after_changing_lora_rank(tmp_path, capsys, saved):
+    import shutil
+
+    step = tmp_path / "run" / "checkpoints" / "step-000001"
+    shutil.copytree(saved / "rank4", step / "model")
+    (step / "trainer_state.json").write_text("{}")
+    (step.parent / "latest").write_text(step.name)
+    code, err = run_cli(tmp_path, capsys, tiny_run(saved, lora_rank=8),
+                        extra=["--output-dir", str(tmp_path / "run"), "--resume"])
+    one_line_error(code, err, "LoRA rank 4", "model.lora_rank: 4")
+
+
+def test_prompt_that_cannot_fit_is_refused(tmp_path, capsys, saved):
+    cfg = tiny_run(saved)
+    cfg["train"]["max_prompt_length"] = 20
+    refused(tmp_path, capsys, cfg, "prompt of row 0", "no room for the question", "max_prompt_length")
+
+
+def test_export_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "stuff").mkdir()
+    code = main(["export", str(tmp_path / "stuff"), "--merged"])
+    one_line_error(code, capsys.readouterr().err.strip(), "is not a run directory")

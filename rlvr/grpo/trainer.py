@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rlvr.config import GRPOConfig
-from rlvr.data.templates import encode_prompt
+from rlvr.data.templates import fit_prompts
 from rlvr.errors import RlvrError
 from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, reward_stats
 from rlvr.grpo.memory import estimate_memory, format_estimate
@@ -69,7 +69,9 @@ class GRPOTrainer:
         self.examples = _as_records(train_dataset)
         if not self.examples:
             raise RlvrError("the training dataset is empty; check data.dataset and data.split")
-        self.prompt_ids = [self._encode(ex["prompt"]) for ex in self.examples]
+        # Over-long prompts are cut inside the question, with a warning; prompt_cut_tokens counts per prompt.
+        self.prompt_ids, self.prompt_cut_tokens = fit_prompts(tokenizer, [ex["prompt"] for ex in self.examples],
+                                                              a.max_prompt_length)
         self.engine = engine or make_engine(a.rollout_backend, model, tokenizer, merge_lora=a.rollout_merge_lora)
         self.scale_rewards = normalize_scale_rewards(a.scale_rewards)
         self.show_progress = show_progress
@@ -107,12 +109,6 @@ class GRPOTrainer:
         self._stop_requested = False
 
     # ------------------------------------------------------------------ data
-
-    def _encode(self, prompt) -> list[int]:
-        ids = encode_prompt(self.tokenizer, prompt)
-        limit = self.args.max_prompt_length
-        # Keep the end of a long prompt: the question and the generation prompt are there.
-        return ids[-limit:] if limit else ids
 
     def round_indices(self, round_index: int) -> list[int]:
         """Prompts of a round: a seeded permutation per epoch, incomplete last round dropped."""
