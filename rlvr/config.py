@@ -171,7 +171,8 @@ class GRPOConfig:
             raise RlvrError(f"train.micro_batch_token_budget must be > 0 (or null), "
                             f"got {self.micro_batch_token_budget}")
         for name in ("temperature", "learning_rate", "max_completion_length", "per_device_train_batch_size",
-                     "gradient_accumulation_steps", "num_iterations"):
+                     "gradient_accumulation_steps", "num_iterations", "save_steps", "logging_steps",
+                     "completions_log_steps"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.delta is not None and self.delta <= 1:
@@ -217,7 +218,8 @@ class SFTConfig:
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
         _check_max_steps(self.max_steps)
-        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                     "logging_steps"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         _choice("train.lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))

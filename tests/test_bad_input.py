@@ -50,6 +50,8 @@ def test_wrong_value_type(tmp_path, capsys):
     ({"num_generations": 3, "per_device_train_batch_size": 8}, "not divisible by num_generations"),
     ({"steps_per_generation": 2, "generation_batch_size": 16}, "both set"),
     ({"loss_type": "dapoo"}, "did you mean 'dapo'"),
+    ({"save_steps": 0}, "train.save_steps must be > 0"),
+    ({"logging_steps": 0}, "train.logging_steps must be > 0"),
 ])
 def test_batch_structure_errors(tmp_path, capsys, train, needle):
     one_line_error(*run_cli(tmp_path, capsys, {"train": train}), needle)
