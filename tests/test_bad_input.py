@@ -310,3 +310,30 @@ def test_export_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "stuff").mkdir()
     code = main(["export", str(tmp_path / "stuff"), "--merged"])
     one_line_error(code, capsys.readouterr().err.strip(), "is not a run directory")
+
+
+def test_resume_checks_the_adapted_modules_both_ways(saved):
+    from conftest import make_model, make_tokenizer
+
+    from rlvr.models.adapter_checks import check_adapter_fits
+    from rlvr.models.loading import attach_lora
+
+    vocab = len(make_tokenizer())
+    check_adapter_fits(attach_lora(make_model("llama", vocab_size=vocab), rank=4), saved / "rank4")  # fits
+    fewer = attach_lora(make_model("llama", vocab_size=vocab), rank=4, target_modules=["q_proj"])
+    with pytest.raises(RlvrError, match="modules this run's LoRA does not"):
+        check_adapter_fits(fewer, saved / "rank4")
+    with pytest.raises(RlvrError, match="has no weights for"):
+        check_adapter_fits(attach_lora(make_model("llama", vocab_size=vocab), rank=4), _only_q_proj(saved))
+
+
+def _only_q_proj(saved):
+    from conftest import make_model, make_tokenizer
+
+    from rlvr.models.loading import attach_lora
+
+    folder = saved / "q_only"
+    if not folder.exists():
+        model = make_model("llama", vocab_size=len(make_tokenizer()))
+        attach_lora(model, rank=4, target_modules=["q_proj"]).save_pretrained(folder)
+    return folder
