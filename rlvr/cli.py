@@ -43,11 +43,11 @@ def _parse_set(values: list[str] | None) -> dict:
 
     out: dict = {}
     for item in values or []:
-        key, _, value = item.partition("=")
-        if key in TOP_LEVEL_SETTINGS and _:
+        key, equals, value = item.partition("=")
+        if key in TOP_LEVEL_SETTINGS and equals:
             out[key] = _parse_list(item, value)
             continue
-        if not _ or "." not in key:
+        if not equals or "." not in key:
             raise RlvrError(f"--set {item!r}: expected SECTION.KEY=VALUE (e.g. --set train.max_steps=10) "
                             "or rewards=NAME,NAME")
         section, name = key.split(".", 1)

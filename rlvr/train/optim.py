@@ -21,7 +21,7 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def build_optimizer(params, optim: str, lr: float, betas: tuple[float, float], eps: float,
                     weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; the 8-bit variants need bitsandbytes and a CUDA device, else plain AdamW (said in the log)."""
+    """AdamW; the 8-bit variants need bitsandbytes and a CUDA device, else plain AdamW (with a warning)."""
     params = list(params)
     optim = resolve_optim(optim, any(p.is_cuda for p in params))
     if optim in EIGHT_BIT_OPTIMS:
