@@ -33,18 +33,45 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+TOP_LEVEL_SETTINGS = ("rewards",)  # config keys that are not inside a section
+
+
 def _parse_set(values: list[str] | None) -> dict:
-    """--set train.learning_rate=1e-5 → {"train": {"learning_rate": 1e-5}} (values parsed as YAML)."""
+    """--set train.learning_rate=1e-5 → {"train": {"learning_rate": 1e-5}} (values parsed as YAML);
+    --set rewards=[gsm8k,int] (or rewards=gsm8k,int) → {"rewards": ["gsm8k", "int"]}."""
     import yaml
 
     out: dict = {}
     for item in values or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise RlvrError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set train.max_steps=10")
-        key, value = item.split("=", 1)
+        key, equals, value = item.partition("=")
+        if key in TOP_LEVEL_SETTINGS and equals:
+            out[key] = _parse_list(item, value)
+            continue
+        if not equals or "." not in key:
+            raise RlvrError(f"--set {item!r}: expected SECTION.KEY=VALUE (e.g. --set train.max_steps=10) "
+                            "or rewards=NAME,NAME")
         section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
+        try:
+            out.setdefault(section, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise RlvrError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)}); "
+                            "quote it, e.g. --set 'data.system_prompt=\"...\"'") from None
     return out
+
+
+def _parse_list(item: str, value: str) -> list[str]:
+    """'[a, b]' (YAML) or 'a,b' → ['a', 'b']."""
+    import yaml
+
+    text = value.strip()
+    try:
+        parsed = yaml.safe_load(text) if text.startswith("[") else [p.strip() for p in text.split(",")]
+    except yaml.YAMLError:
+        parsed = None
+    if not isinstance(parsed, list) or not parsed or not all(isinstance(p, str) and p for p in parsed):
+        raise RlvrError(f"--set {item!r}: expected a comma-separated list of reward names, "
+                        "e.g. --set rewards=gsm8k,numeric_proximity")
+    return parsed
 
 
 def _training_config(args, train_cls):
@@ -148,9 +175,19 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rlvr")
+    except PackageNotFoundError:  # run from a source checkout that was never installed
+        return "(not installed; version in pyproject.toml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning from verifiable rewards (GRPO).")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    p.add_argument("--version", action="version", version=f"rlvr {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="the whole workflow on the bundled SmolLM2-135M, on a CPU, offline")

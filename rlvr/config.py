@@ -120,7 +120,7 @@ class GRPOConfig:
     vllm_importance_sampling_correction: bool = True  # TIS, when the rollout engine reports log-probs
     vllm_importance_sampling_mode: str = "token_truncate"
     vllm_importance_sampling_cap: float = 2.0
-    optim: str = "adamw_8bit"  # falls back to adamw_torch when bitsandbytes is missing
+    optim: str = "adamw_8bit"  # adamw_torch (with a warning, recorded in config.yaml) without bitsandbytes on CUDA
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     adam_epsilon: float = 1e-8
@@ -149,6 +149,7 @@ class GRPOConfig:
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
+        _check_max_steps(self.max_steps)
         if self.num_generations < 2:
             raise RlvrError(
                 f"train.num_generations must be >= 2 (group-relative advantages need a group), "
@@ -185,7 +186,8 @@ class GRPOConfig:
             raise RlvrError(f"train.micro_batch_token_budget must be > 0 (or null), "
                             f"got {self.micro_batch_token_budget}")
         for name in ("temperature", "learning_rate", "max_completion_length", "per_device_train_batch_size",
-                     "gradient_accumulation_steps", "num_iterations"):
+                     "gradient_accumulation_steps", "num_iterations", "save_steps", "logging_steps",
+                     "completions_log_steps"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.delta is not None and self.delta <= 1:
@@ -235,7 +237,9 @@ class SFTConfig:
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
-        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+        _check_max_steps(self.max_steps)
+        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                     "logging_steps"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         _validate_update(self)
@@ -249,6 +253,14 @@ def _validate_update(args) -> None:
     for name in ("max_nonfinite_steps", "save_steps", "logging_steps"):
         if getattr(args, name) < 1:
             raise RlvrError(f"train.{name} must be >= 1, got {getattr(args, name)}")
+
+
+def _check_max_steps(max_steps: int) -> None:
+    # TRL (and transformers' Trainer) read any max_steps <= 0 as "train num_train_epochs"; only -1 says so
+    # on purpose, so 0 (or -5) is taken for the mistake it almost always is.
+    if max_steps == 0 or max_steps < -1:
+        raise RlvrError(f"train.max_steps: {max_steps} is not a number of steps; set a positive number of "
+                        "optimizer steps, or -1 to train for num_train_epochs")
 
 
 def _checkpoint_mode(value: bool | str) -> bool | str:
@@ -376,7 +388,10 @@ def load_run_config(path: str | Path, train_cls: type | None = GRPOConfig,
     if not isinstance(raw, dict):
         raise RlvrError(f"{path}: the top level must be a mapping with model/data/rewards/train/eval sections")
     for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update(values)
+        if isinstance(values, dict) and isinstance(raw.get(section, {}), dict):
+            raw.setdefault(section, {}).update(values)
+        else:  # a top-level setting such as `rewards`, or a section the file got wrong: replaced whole
+            raw[section] = values
     return config_from_dict(raw, train_cls, where=str(path))
 
 

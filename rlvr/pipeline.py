@@ -7,6 +7,9 @@ directory and returns a plain dict.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -32,7 +35,9 @@ def run_sft(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progres
     from rlvr.sft import SFTTrainer
 
     model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume, force)
-    return SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress).train(resume, force)
+    trainer = SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress)
+    write_config(cfg, cfg.train.output_dir)  # after the trainer's own checks
+    return trainer.train(resume, force)
 
 
 def run_grpo(cfg: RunConfig, model=None, tokenizer=None, train=None, resume: str | None = None,
@@ -42,21 +47,71 @@ def run_grpo(cfg: RunConfig, model=None, tokenizer=None, train=None, resume: str
     model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume, force)
     trainer = GRPOTrainer(model, tokenizer, cfg.rewards, train, cfg.train, reasoning_tag=cfg.data.reasoning_tag,
                           answer_tag=cfg.data.answer_tag, show_progress=show_progress)
+    write_config(cfg, cfg.train.output_dir)  # after the trainer's checks (e.g. prompts that cannot fit)
     return trainer.train(resume_from_checkpoint=resume, force=force)
 
 
 def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None, force: bool):
-    """The run directory (and the checkpoint to resume) checked, then the data (a bad column fails in a
-    second, not after the model has loaded), then the model (its new LoRA seeded by train.seed), then
-    config.yaml."""
-    from rlvr.models import load_model_from_config
+    """Everything that can be checked without the model first — the run directory (and the checkpoint
+    to resume), the model and adapter paths, the data, the rewards — so a bad column or a reward typo fails
+    in a second, not after the model has loaded; then the model (its new LoRA seeded by train.seed), the
+    optimizer that will really run."""
     from rlvr.train.session import check_run_start
 
     t = cfg.train
     check_run_start(t, resume, force, model_config=to_dict(cfg.model))
+    if model is None:
+        check_model_paths(cfg)
     if train is None:
         train, _ = build_datasets(cfg)
+    if hasattr(t, "reward_weights"):  # GRPO; SFT has no rewards
+        check_rewards(cfg)
     if model is None:
-        model, tokenizer = load_model_from_config(cfg.model, seed=t.seed)
-    write_config(cfg, t.output_dir)
+        model, tokenizer = load_model_with_status(cfg, seed=t.seed)
+    resolve_optimizer(cfg, model)
     return model, tokenizer, train
+
+
+def check_model_paths(cfg: RunConfig) -> None:
+    """A missing or wrong model path or adapter folder is refused before the data and the model load."""
+    from rlvr.models.adapter_checks import read_adapter_config
+    from rlvr.models.loading import resolve_source
+
+    resolve_source(cfg.model.model_name_or_path, cfg.model.gguf_file)
+    if cfg.model.adapter_path:
+        read_adapter_config(cfg.model.adapter_path)
+
+
+def check_rewards(cfg: RunConfig) -> None:
+    """Import the rewards now (a typo in 'module:function' or 'file.py:function' costs a second, not a model load)."""
+    from rlvr.rewards.registry import resolve_rewards
+
+    resolve_rewards(cfg.rewards, reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag)
+
+
+def resolve_optimizer(cfg: RunConfig, model) -> None:
+    """Set train.optim to the optimizer that will run (the 8-bit ones fall back to adamw_torch without
+    bitsandbytes on CUDA, with a warning), so config.yaml and run.json record it."""
+    from rlvr.train.optim import resolve_optim
+
+    cfg.train.optim = resolve_optim(cfg.train.optim, next(model.parameters()).is_cuda)
+
+
+def load_model_with_status(cfg: RunConfig, seed: int | None = None):
+    """load_model_from_config with a line before and after on stderr: a large model takes minutes."""
+    from rlvr.models import load_model_from_config
+
+    m = cfg.model
+    adapter = f" with the adapter {m.adapter_path}" if m.adapter_path else ""
+    announce(f"loading {m.model_name_or_path}{adapter} ...")
+    start = time.perf_counter()
+    model, tokenizer = load_model_from_config(m, seed=seed)
+    device = next(model.parameters()).device
+    announce(f"model loaded in {time.perf_counter() - start:.1f} s on {device}")
+    return model, tokenizer
+
+
+def announce(message: str) -> None:
+    """One status line on stderr; RLVR_NO_PROGRESS silences it as it does the progress bars."""
+    if os.environ.get("RLVR_NO_PROGRESS") is None:
+        print(f"rlvr: {message}", file=sys.stderr, flush=True)

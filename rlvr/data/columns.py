@@ -95,9 +95,14 @@ def _to_messages(
     if column == "prompt" and (isinstance(value, str) or _is_conversation(value)):
         return value if isinstance(value, str) else [dict(m) for m in value]  # TRL's prompt, as TRL uses it
     if isinstance(value, str):
+        if not value.strip():
+            raise RlvrError(f"{where} row {index}: column '{column}' is an empty question; fill in or drop that row")
         return to_conversation(value, system_prompt)
     if _is_conversation(value):
         messages = [dict(m) for m in value]
+        if not any(str(m["content"]).strip() for m in messages if m["role"] == "user"):
+            raise RlvrError(f"{where} row {index}: column '{column}' has no user message with text; "
+                            "fill in or drop that row")
         if system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system_prompt})
         return messages

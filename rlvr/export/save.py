@@ -202,6 +202,9 @@ def _check_run_dir(run_dir: Path) -> tuple[Path, Path]:
     if not run_dir.is_dir():
         raise RlvrError(f"run directory not found: {run_dir}; pass the output_dir of an rlvr train or sft run")
     final = run_dir / "final"
+    if not final.is_dir() and not any((run_dir / name).exists() for name in ("config.yaml", "run.json")):
+        raise RlvrError(f"{run_dir} is not a run directory (no config.yaml, run.json or final/); pass the "
+                        "output_dir of an rlvr train or sft run")
     if not final.is_dir():
         raise RlvrError(
             f"no trained model in {run_dir} (final/ missing): the run has not finished; let it finish, or "

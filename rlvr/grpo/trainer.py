@@ -15,7 +15,7 @@ import time
 import torch
 
 from rlvr.config import GRPOConfig
-from rlvr.data.templates import encode_prompt
+from rlvr.data.templates import fit_prompts
 from rlvr.errors import RlvrError
 from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, reward_stats
 from rlvr.grpo.memory import estimate_memory, format_estimate
@@ -61,7 +61,9 @@ class GRPOTrainer(TrainerCore):
         self.examples = _as_records(train_dataset)
         if not self.examples:
             raise RlvrError("the training dataset is empty; check data.dataset and data.split")
-        self.prompt_ids = [self._encode(ex["prompt"]) for ex in self.examples]
+        # Over-long prompts are cut inside the question, with a warning; prompt_cut_tokens counts per prompt.
+        self.prompt_ids, self.prompt_cut_tokens = fit_prompts(tokenizer, [ex["prompt"] for ex in self.examples],
+                                                              a.max_prompt_length)
         self.engine = engine or make_engine(a.rollout_backend, model, tokenizer,
                                             rollout_merge_lora=a.rollout_merge_lora)
         self.scale_rewards = normalize_scale_rewards(a.scale_rewards)
@@ -98,12 +100,6 @@ class GRPOTrainer(TrainerCore):
         self.round_metrics: dict = {}
 
     # ------------------------------------------------------------------ data
-
-    def _encode(self, prompt) -> list[int]:
-        ids = encode_prompt(self.tokenizer, prompt)
-        limit = self.args.max_prompt_length
-        # Keep the end of a long prompt: the question and the generation prompt are there.
-        return ids[-limit:] if limit else ids
 
     def round_indices(self, round_index: int) -> list[int]:
         """Prompts of a round: a seeded permutation per epoch, incomplete last round dropped."""
@@ -159,7 +155,8 @@ class GRPOTrainer(TrainerCore):
                    "completions/max_length": lengths.max().item(),
                    "completions/clipped_ratio": (~rollout.is_eos).float().mean().item(),
                    "time/rollout": t1 - t0, "time/score": t2 - t1,
-                   "tokens_per_second": lengths.sum().item() / max(t1 - t0, 1e-9)}
+                   "tokens_per_second": lengths.sum().item() / max(t1 - t0, 1e-9),
+                   "prompts/truncated": sum(1 for i in idx if self.prompt_cut_tokens[i])}
         samples = [{"prompt": prompts[i] if isinstance(prompts[i], str) else prompts[i][-1]["content"],
                     "group": i // G, "length": int(lengths[i]), "completion": texts[i], "reward": _f(scores.total[i]),
                     "rewards": {n: _f(scores.per_function[i, k]) for k, n in enumerate(scores.names)},

@@ -15,6 +15,7 @@ import torch
 
 from rlvr.config import DEFAULT_LORA_TARGETS, ModelConfig
 from rlvr.errors import RlvrError
+from rlvr.models.adapter_checks import check_adapter_fits, warn_if_other_base
 
 log = logging.getLogger("rlvr")
 
@@ -57,6 +58,9 @@ def resolve_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str
         if not path.is_file():
             raise RlvrError(f"model file not found: {name_or_path}; check model.model_name_or_path")
         return str(path.parent), path.name
+    if path.is_file():
+        raise RlvrError(f"model.model_name_or_path {name_or_path} is a file, not a model; give the model's folder "
+                        "(with config.json and the weights), a .gguf file, or a hub id")
     if path.exists():
         if gguf_file and not (path / gguf_file).is_file():
             raise RlvrError(f"model.gguf_file {gguf_file!r} not found in {path}")
@@ -174,9 +178,8 @@ def load_model(
 def load_adapter(model, adapter_path: str):
     from peft import PeftModel
 
-    if not (Path(adapter_path) / "adapter_config.json").is_file():
-        raise RlvrError(f"no LoRA adapter at {adapter_path} (adapter_config.json missing); point "
-                        "model.adapter_path at a folder saved by rlvr sft/train")
+    check_adapter_fits(model, adapter_path)  # other modules, sizes or rank: one line, not peft's traceback
+    warn_if_other_base(model, adapter_path)
     return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
 
 

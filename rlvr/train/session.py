@@ -52,8 +52,14 @@ def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool
     if found and not resume and not overwrite:
         raise RlvrError(f"output directory {output_dir} already holds a run ({', '.join(found)}); continue it "
                         "with --resume, replace it with --overwrite, or pick another --output-dir")
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise RlvrError(f"output directory {output_dir} is a file; pick another --output-dir")
+    path = Path(output_dir)
+    for folder in (path, *path.parents):  # the nearest existing folder on the path must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is" if folder == path else f"lies under {folder}, which is"
+                raise RlvrError(f"output directory {path} {where} an existing file, not a folder; choose "
+                                "another --output-dir")
+            break
 
 
 def check_run_start(args, resume: str | None = None, force: bool = False,
