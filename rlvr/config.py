@@ -186,8 +186,7 @@ class GRPOConfig:
             raise RlvrError(f"train.micro_batch_token_budget must be > 0 (or null), "
                             f"got {self.micro_batch_token_budget}")
         for name in ("temperature", "learning_rate", "max_completion_length", "per_device_train_batch_size",
-                     "gradient_accumulation_steps", "num_iterations", "save_steps", "logging_steps",
-                     "completions_log_steps"):
+                     "gradient_accumulation_steps", "num_iterations", "completions_log_steps"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.delta is not None and self.delta <= 1:
@@ -238,8 +237,7 @@ class SFTConfig:
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
         _check_max_steps(self.max_steps)
-        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
-                     "logging_steps"):
+        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         _validate_update(self)
@@ -252,7 +250,7 @@ def _validate_update(args) -> None:
     args.gradient_checkpointing = _checkpoint_mode(args.gradient_checkpointing)
     for name in ("max_nonfinite_steps", "save_steps", "logging_steps"):
         if getattr(args, name) < 1:
-            raise RlvrError(f"train.{name} must be >= 1, got {getattr(args, name)}")
+            raise RlvrError(f"train.{name} must be > 0, got {getattr(args, name)}")
 
 
 def _check_max_steps(max_steps: int) -> None:
