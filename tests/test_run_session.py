@@ -100,7 +100,7 @@ def test_resume_refuses_a_changed_model_before_loading_it(tmp_path, capsys, mode
 def test_output_dir_that_is_a_file_is_one_line(tmp_path, capsys, model_dir):
     (tmp_path / "taken").write_text("")
     assert_one_line_error(*cli(capsys, "sft", str(write_config(tmp_path, model_dir, "sft")), "--output-dir",
-                               str(tmp_path / "taken")), "is a file")
+                               str(tmp_path / "taken")), "is an existing file")
 
 
 def test_force_without_resume_is_one_line(tmp_path, capsys, model_dir):

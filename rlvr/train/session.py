@@ -99,9 +99,10 @@ def clear_run(run_dir: Path) -> None:
 
 
 def math_differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
-    """'key: saved → new' for every setting that changes the math of a step."""
+    """'key: saved → new' for every setting the checkpoint recorded that changes the math of a step (a key it
+    did not record, e.g. from an older rlvr or a hand-made checkpoint, cannot be compared)."""
     out = []
-    for key in sorted(set(saved) | set(new)):
+    for key in sorted(saved):
         if key in NON_MATH_SETTINGS or saved.get(key) == new.get(key):
             continue
         out.append(f"{prefix}{key}: {saved.get(key)!r} → {new.get(key)!r}")
