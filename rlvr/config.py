@@ -18,6 +18,7 @@ import yaml
 from rlvr.errors import RlvrError, nearest
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = "all-linear"  # every Linear layer but the output head (peft's and TRL's spelling)
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")  # trackers beside metrics.jsonl (rlvr/train/trackers.py)
 
 
@@ -32,7 +33,9 @@ class ModelConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    # Leaf module names, or 'all-linear'; where the default names do not fit the model's layout
+    # (fused qkv_proj, GPT-NeoX) every Linear layer is adapted, with a warning (models/lora_targets.py).
+    lora_target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     adapter_path: str | None = None  # start from a saved LoRA adapter (e.g. the SFT warm-up's)
     load_in_4bit: bool = False  # QLoRA through bitsandbytes NF4 (CUDA only)
     attn_implementation: str = "sdpa"
@@ -42,6 +45,9 @@ class ModelConfig:
         _choice("model.dtype", self.dtype, ("auto", "float32", "float16", "bfloat16"))
         if self.use_lora and self.lora_rank < 1:
             raise RlvrError(f"model.lora_rank must be >= 1, got {self.lora_rank}; set e.g. lora_rank: 16")
+        if isinstance(self.lora_target_modules, str) and self.lora_target_modules != ALL_LINEAR:
+            raise RlvrError(f"model.lora_target_modules: {self.lora_target_modules!r} is not a list of module "
+                            f"names; give a list like [q_proj, v_proj] or '{ALL_LINEAR}'")
 
 
 @dataclass

@@ -33,7 +33,7 @@ from rlvr.rewards.scoring import score_completions
 from rlvr.rollout import SamplingParams, make_engine
 from rlvr.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from rlvr.train.optim import build_optimizer, build_scheduler, grad_scaler, trainable_parameters
-from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir
+from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir, run_details
 from rlvr.train.trackers import open_tracker
 
 log = logging.getLogger("rlvr")
@@ -385,7 +385,7 @@ class GRPOTrainer:
         (run_dir / "memory_estimate.json").write_text(json.dumps(self.memory_estimate, indent=1))
         tracker = open_tracker(a.report_to, run_dir, asdict(a))
         status = RunStatus(run_dir, "grpo", asdict(a), model_name(self.model), self.total_steps,
-                           resumed_from_step=self.global_step or None)
+                           resumed_from_step=self.global_step or None, details=run_details(self.model, self.engine))
         metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
         samples_log = JsonlWriter(run_dir / "samples.jsonl")
         progress = Progress(self.total_steps, "GRPO", self.show_progress, initial=self.global_step)

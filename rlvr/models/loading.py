@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from rlvr.config import DEFAULT_LORA_TARGETS, ModelConfig
+from rlvr.config import ModelConfig
 from rlvr.errors import RlvrError
+from rlvr.models.lora_targets import adapted_modules, lora_targets
 
 log = logging.getLogger("rlvr")
 
@@ -70,12 +71,17 @@ def resolve_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str
     return name_or_path, gguf_file
 
 
+_UNSUPPORTED_ATTN = "does not support an attention implementation"  # transformers' ValueError
+
+
 def _from_pretrained(loader, source: str, gguf_file: str | None, what: str, **kwargs):
     try:
         return loader.from_pretrained(source, gguf_file=gguf_file, **kwargs) if gguf_file else \
             loader.from_pretrained(source, **kwargs)
     except ValueError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if _UNSUPPORTED_ATTN in msg:
+            raise
         if gguf_file and ("not supported" in msg or "architecture" in msg.lower()):
             raise RlvrError(
                 f"{gguf_file}: transformers cannot load this GGUF ({msg}); use a Llama/Qwen/Mistral-family "
@@ -90,6 +96,22 @@ def _from_pretrained(loader, source: str, gguf_file: str | None, what: str, **kw
         ) from None
 
 
+def load_causal_lm(source: str, gguf_file: str | None = None, **kwargs):
+    """AutoModelForCausalLM.from_pretrained; an `attn_implementation` the model class does not support
+    (Gemma 2 and gpt-oss have no SDPA path) becomes 'eager', with one warning line."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return _from_pretrained(AutoModelForCausalLM, source, gguf_file, "model", **kwargs)
+    except ValueError as e:
+        if _UNSUPPORTED_ATTN not in str(e) or kwargs.get("attn_implementation") in (None, "eager"):
+            raise
+        log.warning("model.attn_implementation %r is not supported by %s; using 'eager' (set "
+                    "model.attn_implementation to choose)", kwargs["attn_implementation"], str(e).split()[0])
+        return _from_pretrained(AutoModelForCausalLM, source, gguf_file, "model",
+                                **{**kwargs, "attn_implementation": "eager"})
+
+
 def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -101,25 +123,16 @@ def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code:
     return tok
 
 
-def _present_targets(model: torch.nn.Module, wanted: list[str]) -> list[str]:
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [t for t in wanted if t in leaves]
-
-
 def attach_lora(model, rank: int = 16, alpha: int = 16, dropout: float = 0.0,
-                target_modules: list[str] | None = None):
+                target_modules: list[str] | str | None = None):
     from peft import LoraConfig, get_peft_model
 
-    wanted = list(target_modules or DEFAULT_LORA_TARGETS)
-    targets = _present_targets(model, wanted)
-    if not targets:
-        raise RlvrError(
-            f"none of the LoRA target modules {wanted} exist in this model; set model.lora_target_modules "
-            "to names of its Linear layers"
-        )
+    targets = lora_targets(model, target_modules)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                      task_type="CAUSAL_LM", bias="none")
-    return get_peft_model(model, cfg)
+    model = get_peft_model(model, cfg)
+    log.info("LoRA r%d on %s", rank, ", ".join(adapted_modules(model) or targets))
+    return model
 
 
 def load_model(
@@ -139,8 +152,6 @@ def load_model(
     trust_remote_code: bool = False,
 ):
     """Load (model, tokenizer); the model is on `device`, LoRA-wrapped unless use_lora=False."""
-    from transformers import AutoModelForCausalLM
-
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source, gguf = resolve_source(name_or_path, gguf_file)
@@ -150,7 +161,7 @@ def load_model(
         kwargs["quantization_config"] = _bnb_4bit_config(device, torch_dtype)
         kwargs["device_map"] = {"": device.index or 0}
     tokenizer = load_tokenizer(source, gguf, trust_remote_code)
-    model = _from_pretrained(AutoModelForCausalLM, source, gguf, "model", **kwargs)
+    model = load_causal_lm(source, gguf, **kwargs)
     if not load_in_4bit:
         model.to(device)
     if model.generation_config.pad_token_id is None:

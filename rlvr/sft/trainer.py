@@ -19,7 +19,7 @@ from rlvr.models.checkpointing import enable_checkpointing
 from rlvr.models.forward import labelled_logprobs
 from rlvr.train.checkpoint import save_trainable
 from rlvr.train.optim import build_optimizer, build_scheduler, grad_scaler, trainable_parameters
-from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir
+from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir, run_details
 from rlvr.train.trackers import open_tracker
 
 
@@ -79,7 +79,8 @@ class SFTTrainer:
         a = self.args
         run_dir = prepare_run_dir(a.output_dir)
         tracker = open_tracker(a.report_to, run_dir, asdict(a))
-        status = RunStatus(run_dir, "sft", asdict(a), model_name(self.model), self.total_steps)
+        status = RunStatus(run_dir, "sft", asdict(a), model_name(self.model), details=run_details(self.model),
+                           total_steps=self.total_steps)
         metrics_log = JsonlWriter(run_dir / "metrics.jsonl")
         progress = Progress(self.total_steps, "SFT", self.show_progress)
         self.model.train()

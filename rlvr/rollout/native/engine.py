@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlvr.models.forward import base_causal_lm
 from rlvr.rollout.engine import Rollout, SamplingParams
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
@@ -132,14 +133,27 @@ class NativeEngine:
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.last_stats: dict = {}
         self.fallback: HFEngine | None = None
+        self.fallback_reason: str | None = None
         try:
             read_weights(model)
         except Unsupported as e:
             self._fall_back(str(e))
 
     def _fall_back(self, reason: str) -> None:
-        log.info("rollout_backend native: %s is not supported, using hf", reason)
+        """Switch to transformers.generate for good, with one warning line saying why."""
+        self.fallback_reason = reason
+        log.warning("rollout: the native engine does not implement %s (%s); sampling with transformers.generate "
+                    "instead (slower)", reason, type(base_causal_lm(self.model)).__name__)
         self.fallback = HFEngine(self.model, self.tokenizer, batch_size=self.batch_size or 64)
+
+    @property
+    def backend_name(self) -> str:
+        return "hf" if self.fallback is not None else "native"
+
+    def describe(self) -> str:
+        if self.fallback is not None:
+            return f"hf (transformers.generate; native engine fell back: {self.fallback_reason})"
+        return "native"
 
     @property
     def device(self) -> torch.device:
