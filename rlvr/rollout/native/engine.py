@@ -22,6 +22,7 @@ from rlvr.models.forward import base_causal_lm
 from rlvr.rollout.engine import Rollout, SamplingParams
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
+from rlvr.rollout.native.families import without_long_windows
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
 from rlvr.rollout.native.weights import MERGE_SCOPES, ModelW, Unsupported, fuse_lora, merge_lora, read_weights
 from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
@@ -278,6 +279,7 @@ class NativeEngine:
         ids, mask = left_pad(prompts, pad, dev)  # [n, P]
         b, (n, p), c = len(rows), ids.shape, params.max_new_tokens
         slots = _round_up(p + c, SLOT_ALIGN)
+        w = without_long_windows(w, slots)
         cos_t, sin_t = rope_tables(w, int(mask.sum(1).max()) + c + 1)
 
         # Zeros, not empty: masked slots get softmax weight 0, and 0 · NaN garbage would still be NaN.
