@@ -1,7 +1,8 @@
 """Each model family's layout, read into the engine's `ModelW`: which norms sit where, fused projections,
 per-layer attention windows and rope tables, and the family's scalars (`ArchW`).
 
-Dense families: Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 (text), Phi-3, OLMo 2, Granite, SmolLM3.
+Dense families: Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 (text), Phi-3, OLMo 2, Granite, SmolLM3;
+mixture of experts: Qwen3-MoE, Mixtral (moe.py).
 The decode step (model.py) reads only `LayerW`/`ArchW` fields, so a family is a reader here, not a
 branch there. Phi-3's fused qkv_proj / gate_up_proj are read as row slices (views) of the live weight
 and of each LoRA B, so the step and the LoRA merge/fuse code see separate q/k/v and gate/up.
@@ -14,10 +15,12 @@ from dataclasses import replace
 import torch
 
 from rlvr.models.forward import base_causal_lm
+from rlvr.rollout.native.moe import MoeW
 from rlvr.rollout.native.weights import ArchW, LayerW, LinearW, ModelW, Unsupported, _linear
 
 DENSE = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "granite", "smollm3")
-SUPPORTED_MODEL_TYPES = DENSE
+MIXTURE_OF_EXPERTS = ("qwen3_moe", "mixtral")
+SUPPORTED_MODEL_TYPES = DENSE + MIXTURE_OF_EXPERTS
 # Rope types whose inverse frequencies are fixed (precomputed by HF in rotary_emb.inv_freq);
 # "dynamic" and "longrope" change with the sequence length and are left to hf.
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -135,6 +138,21 @@ def _attention(config, attn, p: str, hq: int, hk: int, d: int) -> tuple[LinearW,
             _linear(attn.v_proj, f"{p}.v_proj"))
 
 
+def _moe(config, mlp, p: str) -> MoeW:
+    """Qwen3-MoE's / Mixtral's sparse block: the router (`gate`) and the stacked experts, plain parameters."""
+    experts, router = mlp.experts, mlp.gate
+    tensors = (getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None),
+               getattr(router, "weight", None))
+    if not all(type(t) is torch.nn.Parameter and t.is_floating_point() for t in tensors):
+        raise Unsupported(f"{p}.mlp: {type(experts).__name__} / {type(router).__name__} (adapted or quantized experts)")
+    if getattr(config, "shared_expert_intermediate_size", 0):
+        raise Unsupported("shared experts")
+    return MoeW(router=router.weight, gate_up=experts.gate_up_proj, down=experts.down_proj,
+                top_k=config.num_experts_per_tok,
+                renormalize=bool(getattr(config, "norm_topk_prob", True)),
+                weights_in_model_dtype=config.model_type == "qwen3_moe")
+
+
 def _mlp(mlp, p: str) -> tuple[LinearW, LinearW, LinearW]:
     if hasattr(mlp, "gate_up_proj") and isinstance(mlp.gate_up_proj, torch.nn.Module):  # Phi-3
         gate_up = _linear(mlp.gate_up_proj, f"{p}.gate_up_proj")
@@ -151,7 +169,8 @@ def read_layer(config, layer, i: int, hq: int, hk: int, d: int, gemma: bool, rop
     p = f"layers.{i}"
     attn = layer.self_attn
     q, k, v = _attention(config, attn, p, hq, hk, d)
-    gate, up, down = _mlp(layer.mlp, p)
+    moe = _moe(config, layer.mlp, p) if hasattr(layer.mlp, "experts") else None
+    gate, up, down = _mlp(layer.mlp, p) if moe is None else (None, None, None)
     norm = lambda name: _norm(getattr(layer, name, None), f"{p}.{name}", gemma)  # noqa: E731
     sandwich = hasattr(layer, "post_feedforward_layernorm")  # Gemma 2/3, OLMo 2: outputs normed too
     return LayerW(
@@ -162,7 +181,7 @@ def read_layer(config, layer, i: int, hq: int, hk: int, d: int, gemma: bool, rop
         k_norm=_norm(getattr(attn, "k_norm", None), f"{p}.k_norm", gemma),
         attn_out_norm=norm("post_attention_layernorm") if sandwich else None,
         mlp_out_norm=norm("post_feedforward_layernorm") if sandwich else None,
-        window=layer_window(config, i), rope=rope,
+        window=layer_window(config, i), rope=rope, moe=moe,
     )
 
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from rlvr.rollout.native.attention import sdpa_attention
+from rlvr.rollout.native.moe import moe_mlp
 from rlvr.rollout.native.weights import FusedLoraW, LayerW, LinearW, ModelW
 
 log = logging.getLogger("rlvr")
@@ -160,6 +162,8 @@ def _finish_layer(w: ModelW, layer: LayerW, x: torch.Tensor, attn: torch.Tensor)
     """Residual after attention ([B, T, H*D] → o_proj), then the gated MLP block."""
     x = _residual(w, x, linear(attn, layer.o), layer.attn_out_norm)
     h = x if layer.post_norm is None else norm(w, x, layer.post_norm)
+    if layer.moe is not None:
+        return _residual(w, x, moe_mlp(layer.moe, h, partial(_act, w)), layer.mlp_out_norm)
     if layer.gate_up is not None:
         gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
     else:

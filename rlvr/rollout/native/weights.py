@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from rlvr.rollout.native.moe import MoeW
+
 
 class Unsupported(Exception):
     """The model uses something the native engine does not implement."""
@@ -56,9 +58,9 @@ class LayerW:
     v: LinearW
     o: LinearW
     post_norm: torch.Tensor | None  # [hidden], the norm before the MLP; None in OLMo 2
-    gate: LinearW
-    up: LinearW
-    down: LinearW
+    gate: LinearW | None  # None on a mixture-of-experts layer (`moe`)
+    up: LinearW | None
+    down: LinearW | None
     q_norm: torch.Tensor | None = None  # [head_dim], Qwen3: RMSNorm on each head
     k_norm: torch.Tensor | None = None
     qkv: LinearW | None = None  # q, k, v stacked [(H + 2·KV)·D, hidden], when merged copies exist
@@ -71,6 +73,7 @@ class LayerW:
     mlp_out_norm: torch.Tensor | None = None
     window: int | None = None
     rope: int | None = 0
+    moe: MoeW | None = None  # router and experts, in place of gate/up/down (moe.py)
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,9 @@ class ModelW:
         """Bytes one decode step reads from the weights (the embedding only via the tied head)."""
         n = self.lm_head.bytes() + sum(t.numel() * t.element_size() for t in (self.norm,))
         for layer in self.layers:
-            n += sum(lin.bytes() for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down))
+            n += sum(lin.bytes() for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down)
+                     if lin is not None)
+            n += layer.moe.active_bytes() if layer.moe is not None else 0  # the k experts a token uses
         return n
 
 
@@ -164,7 +169,7 @@ def merge_lora(w: ModelW, scope: str = "all") -> ModelW:
         attn, mlp = [layer.q, layer.k, layer.v], [layer.gate, layer.up]
         qkv = _stacked(attn) if any(lin.loras for lin in attn) else None
         merged = replace(layer, qkv=qkv, o=_merged(layer.o) if layer.o.loras else layer.o)
-        if scope == "all":
+        if scope == "all" and layer.moe is None:
             gate_up = _stacked(mlp) if any(lin.loras for lin in mlp) else None
             merged = replace(merged, gate_up=gate_up,
                              down=_merged(layer.down) if layer.down.loras else layer.down)
@@ -187,7 +192,7 @@ def _fuse_layer(layer: LayerW, attention: bool = True) -> LayerW:
         fused = _fused([layer.q, layer.k, layer.v])
         if fused is not None:
             layer = replace(layer, qkv_lora=fused, q=_base(layer.q), k=_base(layer.k), v=_base(layer.v))
-    if layer.gate_up is None:
+    if layer.gate_up is None and layer.moe is None:
         fused = _fused([layer.gate, layer.up])
         if fused is not None:
             layer = replace(layer, gate_up_lora=fused, gate=_base(layer.gate), up=_base(layer.up))
