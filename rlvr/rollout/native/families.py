@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from rlvr.models.forward import base_causal_lm
-from rlvr.rollout.native.moe import MoeW
+from rlvr.rollout.native.moe import MoeW, grouped_mm_supported
 from rlvr.rollout.native.weights import ArchW, LayerW, LinearW, ModelW, Unsupported, _linear
 
 DENSE = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "granite", "smollm3")
@@ -150,7 +150,8 @@ def _moe(config, mlp, p: str) -> MoeW:
     return MoeW(router=router.weight, gate_up=experts.gate_up_proj, down=experts.down_proj,
                 top_k=config.num_experts_per_tok,
                 renormalize=bool(getattr(config, "norm_topk_prob", True)),
-                weights_in_model_dtype=config.model_type == "qwen3_moe")
+                weights_in_model_dtype=config.model_type == "qwen3_moe",
+                grouped=grouped_mm_supported(experts.gate_up_proj))
 
 
 def _mlp(mlp, p: str) -> tuple[LinearW, LinearW, LinearW]:

@@ -26,6 +26,7 @@ class MoeW:
     top_k: int
     renormalize: bool  # divide the top-k probabilities by their sum
     weights_in_model_dtype: bool  # Qwen3-MoE casts the routing weights to the model dtype; Mixtral keeps fp32
+    grouped: bool = True  # experts as torch._grouped_mm (decided when read: `grouped_mm_supported`)
 
     @property
     def n_experts(self) -> int:
@@ -61,7 +62,7 @@ def moe_mlp(moe: MoeW, h: torch.Tensor, act) -> torch.Tensor:
     shape = h.shape
     x = h.reshape(-1, shape[-1])
     weights, experts = route(moe, x)
-    if grouped_mm_supported(x):
+    if moe.grouped:
         y = _grouped(moe, x, weights, experts, act)
     else:
         y = _dense(moe, x, weights, experts, act)
