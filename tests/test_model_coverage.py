@@ -27,7 +27,7 @@ from rlvr.rollout.native import NativeEngine
 KINDS = list(FAMILIES)
 NATIVE = [k for k in KINDS if k not in MOE or k in ("qwen3_moe", "mixtral")]
 TEXTS = ["hello world, a longer prompt", "a", "the quick brown fox", "1+2="]  # ragged; longer than the windows
-GREEDY = SamplingParams(max_new_tokens=16, do_sample=False)
+GREEDY = SamplingParams(max_new_tokens=12, do_sample=False)
 
 
 def _model(kind: str, tok, lora: bool = False):
