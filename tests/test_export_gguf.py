@@ -248,6 +248,25 @@ def test_modelfile_for_llama3_and_unknown_templates(tmp_path):
     assert 'PARAMETER stop "<|eot_id|>"' in text
 
 
+PHI3 = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def test_modelfile_for_phi3_and_not_for_phi4(tmp_path):
+    tokenizer = byte_level_bpe(specials=("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"))
+    tokenizer.chat_template = ("{% if messages[0]['role'] != 'system' %}<|system|>\nBe exact.<|end|>\n{% endif %}"
+                               + PHI3)
+    text = write_modelfile(tmp_path / "m.gguf", tokenizer).read_text()
+    assert "{{ if .System }}<|system|>\n{{ .System }}<|end|>" in text.replace("{{- if", "{{ if")
+    assert "<|{{ .Role }}|>\n{{ .Content }}" in text and "<|assistant|>\n{{ end }}" in text
+    for stop in ("<|end|>", "<|user|>", "<|assistant|>"):
+        assert f"PARAMETER stop {json.dumps(stop)}" in text
+    assert 'SYSTEM """Be exact."""' in text
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_sep|>{{ m['content'] }}"
+                               "<|im_end|>{% endfor %}")
+    assert "# No TEMPLATE" in write_modelfile(tmp_path / "m.gguf", tokenizer).read_text()
+
+
 def test_modelfile_takes_the_templates_default_system_prompt(tmp_path):
     tokenizer = byte_level_bpe()
     tokenizer.chat_template = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are SmolLM.<|im_end|>\n"
