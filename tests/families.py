@@ -29,7 +29,6 @@ FAMILIES: dict[str, dict] = {
     "gpt_oss": {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8,
                 "layer_types": ["sliding_attention", "full_attention"]},
 }
-MOE = ("qwen3_moe", "mixtral", "gpt_oss")
 
 
 def family_config(kind: str, vocab_size: int, **overrides):

@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 from conftest import make_tokenizer
-from families import FAMILIES, MOE, family_model
+from families import FAMILIES, family_model
 
 from rlvr.config import GRPOConfig
 from rlvr.export.save import save_merged
@@ -25,7 +25,6 @@ from rlvr.rollout import HFEngine, SamplingParams
 from rlvr.rollout.native import NativeEngine
 
 KINDS = list(FAMILIES)
-NATIVE = [k for k in KINDS if k not in MOE or k in ("qwen3_moe", "mixtral")]
 TEXTS = ["hello world, a longer prompt", "a", "the quick brown fox", "1+2="]  # ragged; longer than the windows
 GREEDY = SamplingParams(max_new_tokens=12, do_sample=False)
 
@@ -47,7 +46,7 @@ def _rows(rollout) -> list[list[int]]:
     return [r[m.bool()].tolist() for r, m in zip(rollout.completion_ids, rollout.completion_mask)]
 
 
-@pytest.mark.parametrize("kind", NATIVE)
+@pytest.mark.parametrize("kind", KINDS)
 def test_native_engine_matches_generate_and_the_trainer(kind):
     tok = make_tokenizer()
     model = _model(kind, tok, lora=True)
@@ -81,7 +80,7 @@ def test_one_grpo_step(kind, tmp_path):
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
     assert changed
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["rollout_backend"] == ("native" if kind in NATIVE else "hf")
+    assert run["rollout_backend"] == "native"
     assert run["lora_target_modules"]
 
 

@@ -1,4 +1,5 @@
-"""The native engine's mixture-of-experts block against transformers' own, and under CUDA graphs."""
+"""The native engine's mixture-of-experts block against transformers' own (Qwen3-MoE, Mixtral, gpt-oss's
+biased, transposed experts with the clamped GLU), and under CUDA graphs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from rlvr.rollout.native.families import read_model
 from rlvr.rollout.native.model import _act
 
 
-@pytest.mark.parametrize("kind", ["qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("kind", ["qwen3_moe", "mixtral", "gpt_oss"])
 @pytest.mark.parametrize("grouped", [True, False], ids=["grouped-mm", "dense-fallback"])
 def test_moe_block_equals_transformers(kind, grouped):
     model = family_model(kind, 104, num_experts_per_tok=2)
@@ -25,6 +26,7 @@ def test_moe_block_equals_transformers(kind, grouped):
     h = torch.randn(3, 7, 64) * 2  # 21 tokens: several per expert, some experts possibly idle
     with torch.no_grad():
         ref = model.model.layers[0].mlp(h)
+        ref = ref[0] if isinstance(ref, tuple) else ref  # gpt-oss also returns its router scores
         ours = moe_module.moe_mlp(replace(w.layers[0].moe, grouped=grouped), h, lambda g: _act(w, g))
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
@@ -42,7 +44,7 @@ def test_routing_weights_and_experts():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("kind", ["qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("kind", ["qwen3_moe", "mixtral", "gpt_oss"])
 def test_moe_decode_step_under_cuda_graphs(kind):
     """bf16 on the GPU (grouped GEMMs where the GPU has them): the captured step gives the tokens the
     eager step gives, and log-probs within bf16 tolerance of the trainer's."""

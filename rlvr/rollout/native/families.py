@@ -2,7 +2,7 @@
 per-layer attention windows and rope tables, and the family's scalars (`ArchW`).
 
 Dense families: Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 (text), Phi-3, OLMo 2, Granite, SmolLM3;
-mixture of experts: Qwen3-MoE, Mixtral (moe.py).
+mixture of experts: Qwen3-MoE, Mixtral, gpt-oss (moe.py; gpt-oss's attention sinks in model.py).
 The decode step (model.py) reads only `LayerW`/`ArchW` fields, so a family is a reader here, not a
 branch there. Phi-3's fused qkv_proj / gate_up_proj are read as row slices (views) of the live weight
 and of each LoRA B, so the step and the LoRA merge/fuse code see separate q/k/v and gate/up.
@@ -19,7 +19,7 @@ from rlvr.rollout.native.moe import MoeW, grouped_mm_supported
 from rlvr.rollout.native.weights import ArchW, LayerW, LinearW, ModelW, Unsupported, _linear
 
 DENSE = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "granite", "smollm3")
-MIXTURE_OF_EXPERTS = ("qwen3_moe", "mixtral")
+MIXTURE_OF_EXPERTS = ("qwen3_moe", "mixtral", "gpt_oss")
 SUPPORTED_MODEL_TYPES = DENSE + MIXTURE_OF_EXPERTS
 # Rope types whose inverse frequencies are fixed (precomputed by HF in rotary_emb.inv_freq);
 # "dynamic" and "longrope" change with the sequence length and are left to hf.
@@ -139,19 +139,24 @@ def _attention(config, attn, p: str, hq: int, hk: int, d: int) -> tuple[LinearW,
 
 
 def _moe(config, mlp, p: str) -> MoeW:
-    """Qwen3-MoE's / Mixtral's sparse block: the router (`gate`) and the stacked experts, plain parameters."""
-    experts, router = mlp.experts, mlp.gate
+    """The sparse block: the router (Qwen3-MoE's / Mixtral's `gate`, gpt-oss's `router`) and the stacked
+    experts, all plain parameters (adapted or quantized experts are left to hf)."""
+    experts, router = mlp.experts, getattr(mlp, "router", None) or mlp.gate
     tensors = (getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None),
                getattr(router, "weight", None))
     if not all(type(t) is torch.nn.Parameter and t.is_floating_point() for t in tensors):
         raise Unsupported(f"{p}.mlp: {type(experts).__name__} / {type(router).__name__} (adapted or quantized experts)")
     if getattr(config, "shared_expert_intermediate_size", 0):
         raise Unsupported("shared experts")
+    gpt_oss = config.model_type == "gpt_oss"
     return MoeW(router=router.weight, gate_up=experts.gate_up_proj, down=experts.down_proj,
                 top_k=config.num_experts_per_tok,
-                renormalize=bool(getattr(config, "norm_topk_prob", True)),
-                weights_in_model_dtype=config.model_type == "qwen3_moe",
-                grouped=grouped_mm_supported(experts.gate_up_proj))
+                renormalize=bool(getattr(config, "norm_topk_prob", True)) and not gpt_oss,
+                weights_in_model_dtype=config.model_type != "mixtral",
+                grouped=grouped_mm_supported(experts.gate_up_proj),
+                router_bias=getattr(router, "bias", None), gate_up_bias=getattr(experts, "gate_up_proj_bias", None),
+                down_bias=getattr(experts, "down_proj_bias", None), transposed=gpt_oss, softmax_after_topk=gpt_oss,
+                clamped_glu=(float(experts.alpha), float(experts.limit)) if gpt_oss else None)
 
 
 def _mlp(mlp, p: str) -> tuple[LinearW, LinearW, LinearW]:
@@ -182,7 +187,7 @@ def read_layer(config, layer, i: int, hq: int, hk: int, d: int, gemma: bool, rop
         k_norm=_norm(getattr(attn, "k_norm", None), f"{p}.k_norm", gemma),
         attn_out_norm=norm("post_attention_layernorm") if sandwich else None,
         mlp_out_norm=norm("post_feedforward_layernorm") if sandwich else None,
-        window=layer_window(config, i), rope=rope, moe=moe,
+        window=layer_window(config, i), rope=rope, moe=moe, sinks=getattr(attn, "sinks", None),
     )
 
 

@@ -113,12 +113,26 @@ def attn_scale(w: ModelW) -> float:
     return w.arch.attn_scale if w.arch.attn_scale is not None else w.head_dim ** -0.5
 
 
-def softcap_attention(cap: float) -> Callable:
-    """Decode attention with soft-capped scores (what SDPA cannot do), eagerly as HF computes it."""
+def eager_attention(cap: float | None, sinks: torch.Tensor | None) -> Callable:
+    """Decode attention as HF's eager code computes it, for what SDPA cannot do: soft-capped scores
+    (Gemma 2) and attention sinks (gpt-oss: a per-head logit that joins the softmax and is dropped)."""
     def attention(q, k_cache, v_cache, kv_bias, kv_len: int, scale: float) -> torch.Tensor:
         scores = _cap(q @ k_cache[:, :, :kv_len].transpose(-1, -2) * scale, cap) + kv_bias[:, None, None, :kv_len]
-        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v_cache[:, :, :kv_len]
+        heads = None if sinks is None else sinks.view(1, q.shape[1], q.shape[2], 1)  # [1, KV, G, 1]
+        return _softmax_with_sinks(scores, heads, q.dtype) @ v_cache[:, :, :kv_len]
     return attention
+
+
+def _softmax_with_sinks(scores: torch.Tensor, sinks: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """softmax over the last dim in fp32; with sinks (each head's sink logit, shaped to broadcast against
+    scores[..., :1]) one more column joins the softmax and is dropped after (HF subtracts the row max
+    first, as here)."""
+    if sinks is None:
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+    sink = sinks.to(scores.dtype).expand(*scores.shape[:-1], 1)
+    combined = torch.cat([scores, sink], dim=-1)
+    combined = combined - combined.max(dim=-1, keepdim=True).values
+    return torch.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1].to(dtype)
 
 
 def window_bias(kv_bias: torch.Tensor, slot: torch.Tensor, window: int, kv_len: int) -> torch.Tensor:
@@ -197,12 +211,13 @@ def _rope_at(layer: LayerW, cos_table: torch.Tensor, sin_table: torch.Tensor, po
     return cos_table[layer.rope][pos].unsqueeze(-2), sin_table[layer.rope][pos].unsqueeze(-2)
 
 
-def prefill_attention(q, k, v, allowed: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:
+def prefill_attention(q, k, v, allowed: torch.Tensor, scale: float, softcap: float | None,
+                      sinks: torch.Tensor | None = None) -> torch.Tensor:
     """q [n, H, P, D], k/v [n, KV, P, D] repeated to H, allowed [n, 1, P, P] bool."""
-    if softcap is None:
+    if softcap is None and sinks is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
     scores = _cap(q @ k.transpose(-1, -2) * scale, softcap).masked_fill(~allowed, float("-inf"))
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+    return _softmax_with_sinks(scores, None if sinks is None else sinks.view(1, -1, 1, 1), q.dtype) @ v
 
 
 def prefill(
@@ -235,7 +250,7 @@ def prefill(
         q, k, v = _qkv(w, layer, _attn_in_norm(w, layer, x), cos, sin)
         store_kv(i, k, v)
         o = prefill_attention(q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1),
-                              masks[layer.window], attn_scale(w), w.arch.attn_softcap)
+                              masks[layer.window], attn_scale(w), w.arch.attn_softcap, layer.sinks)
         x = _finish_layer(w, layer, x, o.transpose(1, 2).reshape(n, p, -1))
     return _head(w, x[:, -1])
 
@@ -338,12 +353,14 @@ def decode_one_token(
     """One decode step with static shapes and no host sync (capturable). Updates the cache and
     `kv_bias` in place and advances `pos` and `slot` by one."""
     layers = w.layers
-    attention = fns.attention if w.arch.attn_softcap is None else softcap_attention(w.arch.attn_softcap)
     biases = {None: kv_bias}  # per sliding window: kv_bias with the older slots masked
     x, q = fns.first(w, layers[0], tok, pos, cos_table, sin_table, kv_cache[0], slot, kv_bias)
     for i, layer in enumerate(layers):
         if layer.window not in biases:
             biases[layer.window] = window_bias(kv_bias, slot, layer.window, kv_len)
+        attention = fns.attention
+        if w.arch.attn_softcap is not None or layer.sinks is not None:
+            attention = eager_attention(w.arch.attn_softcap, layer.sinks)
         o = attention(q, kv_cache[i][:, 0], kv_cache[i][:, 1], biases[layer.window], kv_len, attn_scale(w))
         if i + 1 < len(layers):
             x, q = fns.between(w, layer, layers[i + 1], x, o, pos, cos_table, sin_table,

@@ -74,6 +74,7 @@ class LayerW:
     window: int | None = None
     rope: int | None = 0
     moe: MoeW | None = None  # router and experts, in place of gate/up/down (moe.py)
+    sinks: torch.Tensor | None = None  # [H] gpt-oss: a per-head logit in every softmax, attending to nothing
 
 
 @dataclass(frozen=True)
