@@ -22,6 +22,7 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 # both use it. loss_type's choices are the keys of rlvr/grpo/objective.py's AGGREGATIONS table and
 # vllm_importance_sampling_mode's its TIS_MODES; data.answer_format's the keys of rlvr/data/columns.py's
 # ANSWER_FORMATS.
+ALL_LINEAR = "all-linear"  # every Linear layer but the output head (peft's and TRL's spelling)
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")  # trackers beside metrics.jsonl (rlvr/train/trackers.py)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 OPTIMIZERS = ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adamw")
@@ -45,7 +46,9 @@ class ModelConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    # Leaf module names, or 'all-linear'; where the default names do not fit the model's layout
+    # (fused qkv_proj, GPT-NeoX) every Linear layer is adapted, with a warning (models/lora_targets.py).
+    lora_target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     adapter_path: str | None = None  # start from a saved LoRA adapter (e.g. the SFT warm-up's)
     load_in_4bit: bool = False  # QLoRA through bitsandbytes NF4 (CUDA only)
     attn_implementation: str = "sdpa"
@@ -55,6 +58,9 @@ class ModelConfig:
         _choice("model.dtype", self.dtype, DTYPES)
         if self.use_lora and self.lora_rank < 1:
             raise RlvrError(f"model.lora_rank must be >= 1, got {self.lora_rank}; set e.g. lora_rank: 16")
+        if isinstance(self.lora_target_modules, str) and self.lora_target_modules != ALL_LINEAR:
+            raise RlvrError(f"model.lora_target_modules: {self.lora_target_modules!r} is not a list of module "
+                            f"names; give a list like [q_proj, v_proj] or '{ALL_LINEAR}'")
 
 
 @dataclass

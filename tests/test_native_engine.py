@@ -178,7 +178,7 @@ def test_unsupported_architecture_falls_back_to_hf(tokenizer, caplog):
     with caplog.at_level(logging.INFO, logger="rlvr"):
         engine = NativeEngine(model, tokenizer)
     assert engine.fallback is not None
-    assert any("using hf" in r.message for r in caplog.records)
+    assert any("transformers.generate instead" in r.message for r in caplog.records)
     out = engine.generate(_prompts(tokenizer), 1, GREEDY)
     _assert_same(out, HFEngine(model, tokenizer).generate(_prompts(tokenizer), 1, GREEDY))
     assert engine.last_stats["backend"] == "hf"

@@ -27,6 +27,7 @@ from rlvr.rewards.registry import resolve_rewards
 from rlvr.rewards.scoring import score_completions
 from rlvr.rollout import SamplingParams, make_engine
 from rlvr.train.core import TrainerCore
+from rlvr.train.run_dir import run_details
 from rlvr.train.session import RunSession
 from rlvr.train.update import StepCounts, free_accelerator_memory, peak_memory_gib
 
@@ -330,6 +331,9 @@ class GRPOTrainer(TrainerCore):
         run.write_json("memory_estimate.json", self.memory_estimate)
 
     # ------------------------------------------------------------------ checkpoints (the session calls these)
+
+    def run_details(self) -> dict:
+        return run_details(self.model, self.engine)  # the rollout backend too
 
     def checkpoint_state(self) -> tuple[dict, dict]:
         """Where the loop is; a checkpoint inside a round carries the round's tensors, so resuming

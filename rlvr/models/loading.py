@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from rlvr.config import DEFAULT_LORA_TARGETS, ModelConfig
+from rlvr.config import ModelConfig
 from rlvr.errors import RlvrError
 from rlvr.models.adapter_checks import check_adapter_fits, warn_if_other_base
+from rlvr.models.lora_targets import adapted_modules, lora_targets
 
 log = logging.getLogger("rlvr")
 
@@ -74,12 +75,17 @@ def resolve_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str
     return name_or_path, gguf_file
 
 
+_UNSUPPORTED_ATTN = "does not support an attention implementation"  # transformers' ValueError
+
+
 def _from_pretrained(loader, source: str, gguf_file: str | None, what: str, **kwargs):
     try:
         return loader.from_pretrained(source, gguf_file=gguf_file, **kwargs) if gguf_file else \
             loader.from_pretrained(source, **kwargs)
     except ValueError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if _UNSUPPORTED_ATTN in msg:
+            raise
         if gguf_file and ("not supported" in msg or "architecture" in msg.lower()):
             raise RlvrError(
                 f"{gguf_file}: transformers cannot load this GGUF ({msg}); use a Llama/Qwen/Mistral-family "
@@ -94,6 +100,22 @@ def _from_pretrained(loader, source: str, gguf_file: str | None, what: str, **kw
         ) from None
 
 
+def load_causal_lm(source: str, gguf_file: str | None = None, **kwargs):
+    """AutoModelForCausalLM.from_pretrained; an `attn_implementation` the model class does not support
+    (Gemma 2 and gpt-oss have no SDPA path) becomes 'eager', with one warning line."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return _from_pretrained(AutoModelForCausalLM, source, gguf_file, "model", **kwargs)
+    except ValueError as e:
+        if _UNSUPPORTED_ATTN not in str(e) or kwargs.get("attn_implementation") in (None, "eager"):
+            raise
+        log.warning("model.attn_implementation %r is not supported by %s; using 'eager' (set "
+                    "model.attn_implementation to choose)", kwargs["attn_implementation"], str(e).split()[0])
+        return _from_pretrained(AutoModelForCausalLM, source, gguf_file, "model",
+                                **{**kwargs, "attn_implementation": "eager"})
+
+
 def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -105,28 +127,19 @@ def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code:
     return tok
 
 
-def _present_targets(model: torch.nn.Module, wanted: list[str]) -> list[str]:
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [t for t in wanted if t in leaves]
-
-
 def attach_lora(model, rank: int = 16, alpha: int = 16, dropout: float = 0.0,
-                target_modules: list[str] | None = None, seed: int | None = None):
+                target_modules: list[str] | str | None = None, seed: int | None = None):
     """LoRA adapters on `target_modules`; `seed` seeds their initialisation (same seed, same adapter)."""
     from peft import LoraConfig, get_peft_model
 
-    wanted = list(target_modules or DEFAULT_LORA_TARGETS)
-    targets = _present_targets(model, wanted)
-    if not targets:
-        raise RlvrError(
-            f"none of the LoRA target modules {wanted} exist in this model; set model.lora_target_modules "
-            "to names of its Linear layers"
-        )
+    targets = lora_targets(model, target_modules)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                      task_type="CAUSAL_LM", bias="none")
     if seed is not None:
         torch.manual_seed(seed)  # lora_A's kaiming init draws from the global generator
-    return get_peft_model(model, cfg)
+    model = get_peft_model(model, cfg)
+    log.info("LoRA r%d on %s", rank, ", ".join(adapted_modules(model) or targets))
+    return model
 
 
 def load_model(
@@ -148,8 +161,6 @@ def load_model(
 ):
     """Load (model, tokenizer); the model is on `device`, LoRA-wrapped unless use_lora=False (a new
     adapter initialised from `seed` when given)."""
-    from transformers import AutoModelForCausalLM
-
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source, gguf = resolve_source(name_or_path, gguf_file)
@@ -159,7 +170,7 @@ def load_model(
         kwargs["quantization_config"] = _bnb_4bit_config(device, torch_dtype)
         kwargs["device_map"] = {"": device.index or 0}
     tokenizer = load_tokenizer(source, gguf, trust_remote_code)
-    model = _from_pretrained(AutoModelForCausalLM, source, gguf, "model", **kwargs)
+    model = load_causal_lm(source, gguf, **kwargs)
     if not load_in_4bit:
         model.to(device)
     if model.generation_config.pad_token_id is None:

@@ -59,6 +59,15 @@ class MemoryPlan:
 
 
 class RolloutEngine(Protocol):
+    """`backend_name` says which backend actually samples ('native' or 'hf': the native engine falls
+    back to hf for models it does not implement); `describe()` says it in one line, with the reason
+    for a fallback. Trainers record both (run.json `rollout_backend`)."""
+
+    backend_name: str
+
+    def describe(self) -> str:
+        ...
+
     def generate(
         self,
         prompt_ids: list[list[int]],

@@ -65,6 +65,8 @@ def truncate_at_stop_strings(tokenizer, completion_ids: torch.Tensor, mask: torc
 class HFEngine:
     """Rollouts through `model.generate`, in sub-batches of at most `batch_size` rows."""
 
+    backend_name = "hf"
+
     def __init__(self, model, tokenizer, batch_size: int = 64):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.eos_ids = eos_token_ids(model, tokenizer)
@@ -82,6 +84,9 @@ class HFEngine:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def describe(self) -> str:
+        return "hf (transformers.generate)"
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], num_generations: int, params: SamplingParams,

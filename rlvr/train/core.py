@@ -19,6 +19,7 @@ import torch
 
 from rlvr.models.checkpointing import discard_offloaded_activations, enable_checkpointing
 from rlvr.models.precision import resolve_precision
+from rlvr.train.run_dir import run_details
 from rlvr.train.session import RunSession
 from rlvr.train.update import OptimizerUpdate, StepCounts, step_counts
 
@@ -68,6 +69,10 @@ class TrainerCore:
     def checkpoint_state(self) -> tuple[dict, dict]:
         return {}, {}
 
+    def run_details(self) -> dict:
+        """What rlvr chose for the user (adapted modules, …), recorded in run.json."""
+        return run_details(self.model)
+
     def restore_checkpoint(self, state: dict, path) -> None:
         pass
 
@@ -76,7 +81,7 @@ class TrainerCore:
     def open_session(self, resume: str | None = None, force: bool = False) -> RunSession:
         prepare_model(self.model, self.args)
         session = RunSession(self, self.kind, self.args, self.model, self.update, self.total_steps, self.label,
-                             self.show_progress).open(resume, force)
+                             self.show_progress, details=self.run_details()).open(resume, force)
         self.global_step = session.step
         self.session = session
         return session

@@ -125,9 +125,10 @@ class RunSession:
     """One training run's directory and bookkeeping; use as `with RunSession(...) as run:`."""
 
     def __init__(self, trainer: Checkpointed, kind: str, args, model, update, total_steps: int,
-                 label: str, show_progress: bool | None = None, writes: bool = True):
+                 label: str, show_progress: bool | None = None, writes: bool = True, details: dict | None = None):
         self.trainer, self.kind, self.args, self.model, self.update = trainer, kind, args, model, update
         self.total_steps, self.label, self.show_progress, self.writes = total_steps, label, show_progress, writes
+        self.details = details  # what rlvr chose for the user (run_details), recorded in run.json
         self.run_dir = Path(args.output_dir)
         self.stop_requested = False
         self.step = 0
@@ -151,7 +152,7 @@ class RunSession:
         config = dataclasses.asdict(a)
         if self.writes:
             self.status = RunStatus(self.run_dir, self.kind, config, model_name(self.model), self.total_steps,
-                                    resumed_from_step=self.step or None)
+                                    resumed_from_step=self.step or None, details=self.details)
             self.metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl")
             self.samples_log = JsonlWriter(self.run_dir / "samples.jsonl")
             self.tracker = open_tracker(a.report_to, self.run_dir, config)

@@ -19,9 +19,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from rlvr.config import ROLLOUT_MERGE_LORA
+from rlvr.models.forward import base_causal_lm
 from rlvr.rollout.engine import MemoryPlan, Rollout, SamplingParams, halve_rows
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
+from rlvr.rollout.native.families import without_long_windows
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
 from rlvr.rollout.native.weights import ModelW, Unsupported, fuse_lora, merge_lora, read_weights
 from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
@@ -134,14 +136,27 @@ class NativeEngine:
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.last_stats: dict = {}
         self.fallback: HFEngine | None = None
+        self.fallback_reason: str | None = None
         try:
             read_weights(model)
         except Unsupported as e:
             self._fall_back(str(e))
 
     def _fall_back(self, reason: str) -> None:
-        log.info("rollout_backend native: %s is not supported, using hf", reason)
+        """Switch to transformers.generate for good, with one warning line saying why."""
+        self.fallback_reason = reason
+        log.warning("rollout: the native engine does not implement %s (%s); sampling with transformers.generate "
+                    "instead (slower)", reason, type(base_causal_lm(self.model)).__name__)
         self.fallback = HFEngine(self.model, self.tokenizer, batch_size=self.batch_size or 64)
+
+    @property
+    def backend_name(self) -> str:
+        return "hf" if self.fallback is not None else "native"
+
+    def describe(self) -> str:
+        if self.fallback is not None:
+            return f"hf (transformers.generate; native engine fell back: {self.fallback_reason})"
+        return "native"
 
     @property
     def device(self) -> torch.device:
@@ -281,6 +296,7 @@ class NativeEngine:
         ids, mask = left_pad(prompts, pad, dev)  # [n, P]
         b, (n, p), c = len(rows), ids.shape, params.max_new_tokens
         slots = _round_up(p + c, SLOT_ALIGN)
+        w = without_long_windows(w, slots)
         cos_t, sin_t = rope_tables(w, int(mask.sum(1).max()) + c + 1)
 
         # Zeros, not empty: masked slots get softmax weight 0, and 0 · NaN garbage would still be NaN.
