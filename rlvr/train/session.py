@@ -151,11 +151,11 @@ class RunSession:
             self.step = self._resume(checkpoint)
         config = dataclasses.asdict(a)
         if self.writes:
+            self.tracker = open_tracker(a.report_to, self.run_dir, config)  # a missing package fails before any file
             self.status = RunStatus(self.run_dir, self.kind, config, model_name(self.model), self.total_steps,
                                     resumed_from_step=self.step or None, details=self.details)
             self.metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl")
             self.samples_log = JsonlWriter(self.run_dir / "samples.jsonl")
-            self.tracker = open_tracker(a.report_to, self.run_dir, config)
             self._closers = [self.metrics_log.close, self.samples_log.close, self.tracker.close]
         self.progress = Progress(self.total_steps, self.label, self.show_progress if self.writes else False,
                                  initial=self.step)
