@@ -80,11 +80,13 @@ def run_demo(output_dir: str | Path = "runs/demo", seed: int = 0, grpo_steps: in
     # A fresh LoRA adapter's B matrix is zero, so this is exactly the base model.
     say(f"evaluating the base model on {len(evals)} held-out problems (greedy)")
     results["base"] = run_eval(sft_cfg, model, tokenizer, evals, desc="base")
+    write_result(results, out / "results.json")  # a demo stopped later keeps what it measured
     clock.end("base eval")
     say(f"SFT warm-up on {DEMO_SFT_EXAMPLES} worked solutions")
     run_sft(sft_cfg, model, tokenizer, train[:DEMO_SFT_EXAMPLES], show_progress=show_progress)
     clock.end("warm-up (SFT)")
     results["warm-up"] = run_eval(sft_cfg, model, tokenizer, evals, desc="warm-up")
+    write_result(results, out / "results.json")
     clock.end("warm-up eval")
     say(f"GRPO for {grpo_cfg.train.max_steps} steps ({grpo_cfg.train.num_generations} completions per prompt)")
     run_grpo(grpo_cfg, model, tokenizer, train[DEMO_SFT_EXAMPLES:], show_progress=show_progress)
