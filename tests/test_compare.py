@@ -294,6 +294,9 @@ def test_demo_reports_its_own_evaluations(compared, tmp_path, monkeypatch, capsy
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert list(saved) == ["base", "warm-up", "grpo"] == list(results)
     assert json.loads((tmp_path / "results.json").read_text()) == saved
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert list(timings["stages"]) == ["load", "base eval", "warm-up (SFT)", "warm-up eval", "grpo", "grpo eval",
+                                       "report"]
     png = tmp_path / "compare.png"
     assert png.read_bytes()[:8] == PNG_MAGIC
     printed = capsys.readouterr().out
