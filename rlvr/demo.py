@@ -43,9 +43,7 @@ DEMO_GRPO: dict = {"output_dir": "grpo", "learning_rate": 2e-4, "num_generations
                    # On a CPU the native engine's log-probs equal the trainer's, so the TIS correction's
                    # extra forward pass would buy nothing.
                    "rollout_backend": "native", "vllm_importance_sampling_correction": False,
-                   # At 1.0 the warm-up's samples were mostly malformed (4% correct, 6% in the strict
-                   # layout over 10 steps): GRPO then learns format, not answers.
-                   "temperature": 0.7, "beta": 0.0, "optim": "adamw_torch", "save_steps": 8,
+                   "temperature": 1.0, "beta": 0.0, "optim": "adamw_torch", "save_steps": 8,
                    "warmup_ratio": 0.1, "completions_log_steps": 4}
 DEMO_SFT_EXAMPLES = 160  # the first examples warm up; GRPO draws its prompts from the rest
 
