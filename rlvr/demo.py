@@ -33,17 +33,22 @@ DEMO_CONFIG: dict = {
     "eval": {"max_new_tokens": DEMO_COMPLETION_TOKENS, "batch_size": 128, "seed": 1234, "rollout_backend": "native"},
 }
 # `bf16` (autocast, fp32 weights and optimizer kept) is the demo's one precision switch, the same in
-# both stages: off, since CPUs without native bf16 (AVX2 only: most laptops, CI machines) emulate it
-# several times slower than fp32.
+# both stages: asked for, and granted by the trainer core only where the CPU computes bf16 natively
+# (AVX512-BF16 or AMX); AVX2-only CPUs (most laptops, CI machines) emulate it several times slower than
+# fp32, so there the core computes in fp32 and says why (rlvr/models/precision.py).
 DEMO_SFT: dict = {"output_dir": "sft", "learning_rate": 2e-4, "per_device_train_batch_size": 8,
-                  "num_train_epochs": 1.0, "max_length": 128, "bf16": False}
+                  "num_train_epochs": 1.0, "max_length": 128, "bf16": True}
 DEMO_GRPO: dict = {"output_dir": "grpo", "learning_rate": 2e-4, "num_generations": 8,
                    "per_device_train_batch_size": 16, "max_steps": 16,
-                   "max_completion_length": DEMO_COMPLETION_TOKENS, "bf16": False,
+                   "max_completion_length": DEMO_COMPLETION_TOKENS, "bf16": True,
                    # On a CPU the native engine's log-probs equal the trainer's, so the TIS correction's
                    # extra forward pass would buy nothing.
                    "rollout_backend": "native", "vllm_importance_sampling_correction": False,
-                   "temperature": 1.0, "beta": 0.0, "optim": "adamw_torch", "save_steps": 8,
+                   # Truncated completions (no EOS within 44 tokens) are left out of the loss, as in DAPO:
+                   # without this, GRPO rewarded correct answers followed by repeated closing tags, and the
+                   # strict format collapsed to 0% (a 7-setting sweep on 2026-12-03; bench/results/).
+                   "temperature": 1.0, "mask_truncated_completions": True,
+                   "beta": 0.0, "optim": "adamw_torch", "save_steps": 8,
                    "warmup_ratio": 0.1, "completions_log_steps": 4}
 DEMO_SFT_EXAMPLES = 160  # the first examples warm up; GRPO draws its prompts from the rest
 
@@ -73,7 +78,7 @@ def run_demo(output_dir: str | Path = "runs/demo", seed: int = 0, grpo_steps: in
     clock = StageClock()
     say = clock.say
     say("loading SmolLM2-135M-Instruct (bundled GGUF) with LoRA r16; "
-        f"precision: {precision_of(sft_cfg.train)} (demo setting `bf16`)")
+        f"precision: {precision_of(sft_cfg.train)}")
     model, tokenizer = load_model_from_config(sft_cfg.model, device="cpu")
     train, evals = build_datasets(sft_cfg)
     clock.end("load")
@@ -105,7 +110,10 @@ def run_demo(output_dir: str | Path = "runs/demo", seed: int = 0, grpo_steps: in
 
 
 def precision_of(train_cfg) -> str:
-    return "bf16 autocast (fp32 weights)" if train_cfg.bf16 else "float32"
+    """What the demo's stages compute in on this CPU (the core's choice for `bf16`, with its reason)."""
+    from rlvr.models.precision import describe_precision
+
+    return describe_precision("cpu", train_cfg.bf16)
 
 
 class StageClock:

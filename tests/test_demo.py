@@ -23,4 +23,14 @@ def test_stage_clock_times_consecutive_stages(monkeypatch, tmp_path, capsys):
 def test_demo_precision_is_one_switch_for_both_stages():
     sft, grpo = demo.demo_configs("/tmp/unused")
     assert sft.train.bf16 == grpo.train.bf16 == demo.DEMO_SFT["bf16"] == demo.DEMO_GRPO["bf16"]
-    assert demo.precision_of(sft.train) == ("bf16 autocast (fp32 weights)" if sft.train.bf16 else "float32")
+    assert sft.train.bf16  # asked for: the core grants it only where the CPU has native bf16
+
+
+def test_demo_says_what_precision_it_gets(monkeypatch):
+    import rlvr.models.precision as precision
+
+    sft, _ = demo.demo_configs("/tmp/unused")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert "fp32" in demo.precision_of(sft.train) and "no native bf16" in demo.precision_of(sft.train)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert demo.precision_of(sft.train).startswith("bf16 autocast")
