@@ -9,6 +9,7 @@ warm-up policy, as TRL's "ref" adapter copy), so it is never kept or run again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -35,18 +36,17 @@ def sequence_logprobs(
 
 
 def rows_logprobs(model: torch.nn.Module, rows: Sequence[Encoded], pad_id: int,
-                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, autocast: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
     """`sequence_logprobs` of encoded rows, padded into one batch on the model's device."""
     device = next(model.parameters()).device
     ids, mask, labels = (t.to(device) for t in pad_batch(list(rows), pad_id))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        return sequence_logprobs(model, ids, mask, labels, chunk_elements)
+    return sequence_logprobs(model, ids, mask, labels, chunk_elements)
 
 
 @torch.no_grad()
 def reference_logprobs(model: torch.nn.Module, rows: Sequence[Encoded], pad_id: int, batch_size: int,
-                       chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, autocast: bool = False,
+                       chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                       autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                        progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Σ log π(completion) of every row under `model` as it is now: [len(rows)] fp32 on the CPU, rows' order."""
     was_training = model.training
@@ -55,7 +55,8 @@ def reference_logprobs(model: torch.nn.Module, rows: Sequence[Encoded], pad_id: 
     costs = [len(ids) for ids, _ in rows]
     try:
         for batch in length_sorted_micro_batches(range(len(rows)), costs, batch_size):
-            sums, _ = rows_logprobs(model, [rows[i] for i in batch], pad_id, chunk_elements, autocast)
+            with autocast():
+                sums, _ = rows_logprobs(model, [rows[i] for i in batch], pad_id, chunk_elements)
             out[torch.tensor(batch)] = sums.float().cpu()
             if progress is not None:
                 progress(len(batch))
