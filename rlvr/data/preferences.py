@@ -7,6 +7,9 @@ message); with no prompt column, the prompt is the longest common prefix of chos
 rows given to KTO are unpaired, as TRL does. Either way a row becomes `prompt` (text or messages)
 and plain-text completions, ready for `rlvr.data.templates.encode_sft_example`.
 
+`build_preference_dataset(cfg)` gives a run config's training rows: a preference set in TRL's format
+(file or hub id), or `builtin:arithmetic`, whose training problems become pairs while its held-out
+problems stay the evaluation set (so `rlvr eval --compare` reads a preference run like any other).
 `arithmetic_preference_pairs` turns the built-in arithmetic task's examples into pairs: chosen = the
 correct worked solution, rejected = the same solution with a slip in its last result (or the right
 work with a wrong answer copied out).
@@ -19,6 +22,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rlvr.config import RunConfig
+from rlvr.data.build import build_datasets
+from rlvr.data.loading import load_records
 from rlvr.errors import RlvrError
 
 PAIRED_COLUMNS = ("prompt", "chosen", "rejected")
@@ -168,3 +174,16 @@ def arithmetic_preference_pairs(examples: Sequence[Mapping[str, Any]], seed: int
         pair["rejected"] = wrong_solution(ex["completion"], str(ex["answer"]), rng, answer_tag)
         pairs.append(pair)
     return pairs
+
+
+def build_preference_dataset(cfg: RunConfig, unpaired: bool = False) -> list[dict[str, Any]]:
+    """The training rows of a preference run: pairs, or (KTO) unpaired examples, checked."""
+    d = cfg.data
+    if d.dataset.startswith("builtin:"):
+        train, _ = build_datasets(cfg)  # the held-out problems never become pairs
+        rows = arithmetic_preference_pairs(train, seed=d.seed, answer_tag=d.answer_tag)
+    else:
+        rows = load_records(d.dataset, d.split, d.subset)
+        if d.limit:
+            rows = rows[:d.limit]
+    return prepare_unpaired_examples(rows, d.dataset) if unpaired else prepare_preference_pairs(rows, d.dataset)

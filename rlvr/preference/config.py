@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlvr.config import REPORT_TO, _checkpoint_mode, _choice
+from rlvr.config import REPORT_TO, _choice, _validate_update
 from rlvr.errors import RlvrError
 from rlvr.preference.losses import (
     CPO_LOSS_TYPES,
@@ -23,9 +23,6 @@ from rlvr.preference.losses import (
     F_DIVERGENCE_TYPES,
     KTO_LOSS_TYPES,
 )
-
-LR_SCHEDULERS = ("cosine", "linear", "constant")
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "adamw")
 
 
 @dataclass
@@ -55,17 +52,16 @@ class PreferenceTrainingConfig:
     save_steps: int = 500
     save_total_limit: int | None = None
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
+    overwrite_output_dir: bool = False  # rlvr: start over in an output_dir that holds a run (else refused)
     report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
     max_nonfinite_steps: int = 5  # rlvr: stop after this many steps in a row with a NaN/inf loss or gradient
     logprob_chunk_elements: int = 1 << 26  # rlvr: fp32 logits alive at once in the chunked log-prob path
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
-        _choice("train.lr_scheduler_type", self.lr_scheduler_type, LR_SCHEDULERS)
-        _choice("train.optim", self.optim, OPTIMIZERS)
-        self.gradient_checkpointing = _checkpoint_mode(self.gradient_checkpointing)
-        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps",
-                     "save_steps", "logprob_chunk_elements"):
+        _validate_update(self)
+        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "logprob_chunk_elements"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.max_length is not None and self.max_length < 2:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rlvr.data.templates import IGNORE_INDEX
-from rlvr.grpo.logprobs import DEFAULT_CHUNK_ELEMENTS
 from rlvr.models.forward import labelled_logprobs
+from rlvr.models.logprobs import DEFAULT_CHUNK_ELEMENTS
 from rlvr.preference.batches import Encoded, length_sorted_micro_batches
 from rlvr.sft.trainer import pad_batch
 
