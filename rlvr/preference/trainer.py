@@ -202,11 +202,11 @@ class KTOTrainer(_PreferenceCore):
     def before_step(self, step: list[int]) -> None:
         if not kto_uses_kl(self.args.loss_type):
             return
-        policy = []
+        policy, order = [], []
         for mb in self.micro_batches(step):
             with self.autocast():
                 policy.append(self.policy_logps([self.items[i].kl_sequence for i in mb])[0].float().cpu())
-        order = [i for mb in self.micro_batches(step) for i in mb]
+            order += mb
         self.step_kl = kto_kl(torch.cat(policy), self.reference[torch.tensor(order) + len(self.items)])
 
     def count(self, micro_batch: list[int]) -> tuple[int, int]:
