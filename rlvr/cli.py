@@ -1,4 +1,4 @@
-"""The `rlvr` command: demo, train, sft, eval, export, dashboard.
+"""The `rlvr` command: demo, train, sft, dpo, cpo, orpo, kto, eval, export, dashboard.
 
 Errors the user can act on (RlvrError) print as one line on stderr with exit status 2, no traceback.
 """
@@ -124,6 +124,15 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_preference(args) -> int:
+    from rlvr.pipeline import run_preference
+    from rlvr.preference.config import PREFERENCE_CONFIGS
+
+    result = _run_training(args, PREFERENCE_CONFIGS[args.command], run_preference, args.command)
+    print(json.dumps({k: result[k] for k in ("step", "loss", "rewards/accuracies", "run_dir") if k in result}))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from rlvr.config import load_run_config
     from rlvr.evaluation import print_comparison, write_result
@@ -197,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     for name, func, helptext in (("train", cmd_train, "GRPO training from a YAML config"),
-                                 ("sft", cmd_sft, "supervised warm-up on assistant tokens from a YAML config")):
+                                 ("sft", cmd_sft, "supervised warm-up on assistant tokens from a YAML config"),
+                                 ("dpo", cmd_preference, "DPO (TRL's loss types) on preference pairs"),
+                                 ("cpo", cmd_preference, "CPO, or SimPO (loss_type: simpo, cpo_alpha: 0), on pairs"),
+                                 ("orpo", cmd_preference, "ORPO on preference pairs (no reference model)"),
+                                 ("kto", cmd_preference, "KTO on (prompt, completion, label) examples")):
         t = sub.add_parser(name, help=helptext)
         t.add_argument("config", help="YAML run config (see examples/)")
         t.add_argument("--output-dir", help="override train.output_dir")

@@ -1,4 +1,4 @@
-"""The workflow's stages as functions of a RunConfig: data, SFT warm-up, GRPO, evaluation.
+"""The workflow's stages as functions of a RunConfig: data, SFT warm-up, GRPO, DPO/CPO/ORPO/KTO, evaluation.
 
 The CLI and the demo call these; a Python user can too. Each stage writes into its own run
 directory and returns a plain dict.
@@ -20,8 +20,8 @@ from rlvr.evaluation.run import run_eval
 
 log = logging.getLogger("rlvr")
 
-__all__ = ["BUILTIN_TASKS", "DEFAULT_BUILTIN_TRAIN", "build_datasets", "run_eval", "run_grpo", "run_sft",
-           "system_prompt_of", "write_config"]
+__all__ = ["BUILTIN_TASKS", "DEFAULT_BUILTIN_TRAIN", "build_datasets", "run_eval", "run_grpo", "run_preference",
+           "run_sft", "system_prompt_of", "write_config"]
 
 
 def write_config(cfg: RunConfig, run_dir: str | Path) -> None:
@@ -49,6 +49,23 @@ def run_grpo(cfg: RunConfig, model=None, tokenizer=None, train=None, resume: str
                           answer_tag=cfg.data.answer_tag, show_progress=show_progress)
     write_config(cfg, cfg.train.output_dir)  # after the trainer's checks (e.g. prompts that cannot fit)
     return trainer.train(resume_from_checkpoint=resume, force=force)
+
+
+def run_preference(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progress: bool | None = None,
+                   resume: str | None = None, force: bool = False) -> dict:
+    """DPO, CPO/SimPO, ORPO or KTO, by the type of cfg.train (rlvr/preference/config.py)."""
+    from rlvr.data.preferences import build_preference_dataset
+    from rlvr.preference.config import KTOConfig
+    from rlvr.preference.trainer import KTOTrainer, PreferenceTrainer
+
+    unpaired = isinstance(cfg.train, KTOConfig)
+    if train is None:
+        train = build_preference_dataset(cfg, unpaired)
+    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume, force)
+    trainer = (KTOTrainer if unpaired else PreferenceTrainer)(model, tokenizer, train, cfg.train,
+                                                               show_progress=show_progress)
+    write_config(cfg, cfg.train.output_dir)  # after the trainer's own checks
+    return trainer.train(resume, force)
 
 
 def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None, force: bool):

@@ -6,6 +6,7 @@ import yaml
 
 from rlvr.config import GRPOConfig, SFTConfig, load_run_config
 from rlvr.demo import DEMO_CONFIG, DEMO_GRPO, DEMO_SFT
+from rlvr.preference.config import DPOConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -28,4 +29,5 @@ def test_demo_yamls_mirror_the_demo():
 
 def test_every_example_config_validates():
     for path in EXAMPLES.glob("*.yaml"):
-        load_run_config(path, SFTConfig if "sft" in path.name else GRPOConfig)
+        cls = DPOConfig if "dpo" in path.name else SFTConfig if "sft" in path.name else GRPOConfig
+        load_run_config(path, cls)

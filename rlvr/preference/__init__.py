@@ -1,0 +1,1 @@
+"""Preference optimisation beside GRPO: DPO (TRL's loss types), CPO/SimPO, ORPO and KTO."""
