@@ -92,7 +92,8 @@ def make_round(round_index: int) -> dict:
 
 
 def grpo_steps(ctx: DistContext, full_weights: bool, loss_type: str, level: str, grad_accum: int, steps: int = 3,
-               save_dir: str | None = None, save_after: int | None = None, resume_dir: str | None = None):
+               save_dir: str | None = None, save_after: int | None = None, resume_dir: str | None = None,
+               checkpointing: bool = False):
     """A GRPO loop over fixed rounds, data-parallel as the trainer runs it; returns the trainable state.
 
     A round's ℓ^old is computed by each rank for the completions it "generated" and gathered; the
@@ -102,9 +103,12 @@ def grpo_steps(ctx: DistContext, full_weights: bool, loss_type: str, level: str,
     from rlvr.distributed.checkpoint import full_trainable_state, load_sharded_state, save_sharded_state
     from rlvr.distributed.parallel import clip_grad_norm, parallelize, sync_gradients
     from rlvr.grpo.objective import StepShape, aggregate, per_token_loss
+    from rlvr.models.checkpointing import enable_checkpointing
     from rlvr.models.forward import completion_logprobs
 
     model = make_policy(full_weights)
+    model.train()
+    enable_checkpointing(model, checkpointing)
     parallelize(model, ctx, full_weights=full_weights)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
@@ -159,8 +163,8 @@ def training(ctx: DistContext, out: str) -> None:
     """Everything the training tests compare, in one job (each rank imports transformers once):
 
     every loss type and GSPO with LoRA on 2 ranks × GA 1; full fine-tuning under FSDP2 (dapo),
-    writing a DCP checkpoint after step 2 of 3, then resumed from it on the same 2 ranks; where
-    FSDP2 put each parameter.
+    writing a DCP checkpoint after step 2 of 3, then resumed from it on the same 2 ranks; FSDP2
+    with activation checkpointing (grpo); where FSDP2 put each parameter.
     """
     from torch.distributed.tensor import DTensor
 
@@ -170,6 +174,7 @@ def training(ctx: DistContext, out: str) -> None:
     ckpt = str(Path(out) / "ckpt")
     res["fsdp"] = grpo_steps(ctx, True, "dapo", "token", grad_accum=1, save_dir=ckpt, save_after=2)
     res["fsdp/resumed"] = grpo_steps(ctx, True, "dapo", "token", grad_accum=1, resume_dir=ckpt)
+    res["fsdp/checkpointing"] = grpo_steps(ctx, True, "grpo", "token", grad_accum=1, checkpointing=True)
     model = make_policy(True)
     res["mode"] = parallelize(model, ctx, full_weights=True)
     res["sharded"] = {name: isinstance(p, DTensor) for name, p in model.named_parameters()}

@@ -126,15 +126,15 @@ def test_collective_failure_is_recognised():
     assert not is_collective_failure(ValueError("closed by peer"))
 
 
-def test_decoder_layers_found_by_no_split_class():
-    from conftest import make_model
+def test_sharding_needs_a_layer_list():
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rlvr.distributed.parallel import decoder_layers
+    from rlvr.distributed.parallel import shard_full_model
 
-    layers = decoder_layers(make_model("llama"))
-    assert [type(m).__name__ for m in layers] == ["LlamaDecoderLayer"] * 2
-    with pytest.raises(RlvrError, match="no decoder layers"):
-        decoder_layers(torch.nn.Linear(2, 2))
+    gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", n_layer=1, n_embd=16, n_head=2,
+                                                                 vocab_size=32))  # blocks in .h, not .layers
+    with pytest.raises(RlvrError, match="no list of decoder layers to shard with FSDP2; use LoRA"):
+        shard_full_model(gpt2, DistContext())
 
 
 def test_dcp_round_trip_in_one_process(tmp_path):
@@ -221,6 +221,15 @@ def test_fsdp2_full_weights_on_gloo_equal_one_rank_and_resume_on_1_or_2_ranks(tw
     _assert_states_close(one, two["fsdp/resumed"])
     resumed_on_one = grpo_steps(DistContext(), True, "dapo", "token", grad_accum=2, resume_dir=str(out / "ckpt"))
     _assert_states_close(one, resumed_on_one)
+
+
+def test_fsdp2_composes_with_activation_checkpointing(two_rank_training):
+    """rlvr's layer checkpointing recomputes inside FSDP2's unsharded backward: same weights as 1 rank."""
+    from dist_workers import grpo_steps
+
+    _, two = two_rank_training
+    one = grpo_steps(DistContext(), True, "grpo", "token", grad_accum=2)
+    _assert_states_close(one, two["fsdp/checkpointing"])
 
 
 def test_fsdp2_shards_decoder_layers_only(two_rank_training):

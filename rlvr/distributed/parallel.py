@@ -23,18 +23,15 @@ import torch.distributed as dist
 from rlvr.distributed.collectives import _is_dtensor, all_reduce_gradients, broadcast_parameters
 from rlvr.distributed.context import DistContext
 from rlvr.errors import RlvrError
+from rlvr.models.checkpointing import decoder_layers
 
 
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks, found by the class names transformers marks as not to be split."""
-    names: set[str] = set()
-    for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise RlvrError(f"{type(model).__name__}: no decoder layers found to shard (the model declares no "
-                        "_no_split_modules); use LoRA, which replicates the model instead")
-    return layers
+def _layers_to_shard(model: torch.nn.Module) -> torch.nn.ModuleList:
+    try:
+        return decoder_layers(model)
+    except RlvrError:
+        raise RlvrError(f"{type(model).__name__}: no list of decoder layers to shard with FSDP2; use LoRA, which "
+                        "replicates the model instead of sharding it") from None
 
 
 def shard_full_model(model: torch.nn.Module, ctx: DistContext, bf16: bool = False) -> int:
@@ -44,7 +41,7 @@ def shard_full_model(model: torch.nn.Module, ctx: DistContext, bf16: bool = Fals
     policy = MixedPrecisionPolicy()
     if bf16 and ctx.device.type == "cuda":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    layers = decoder_layers(model)
+    layers = _layers_to_shard(model)
     for layer in layers:
         fully_shard(layer, mp_policy=policy)
         # The loss is already each rank's share of the global step loss: sum, don't average
