@@ -106,6 +106,18 @@ def test_environment():
     assert (ctx.rank, ctx.world_size, ctx.backend, ctx.is_main) == (0, 1, None, True)
 
 
+def test_model_must_sit_on_the_ranks_device():
+    from rlvr.distributed.context import check_model_device
+
+    gpu1 = DistContext(rank=1, world_size=2, local_rank=1, device=torch.device("cuda", 1), backend="nccl")
+    check_model_device(gpu1, torch.device("cuda", 1))
+    with pytest.raises(RlvrError, match="rank 1: the model is on cuda:0 but this rank trains on cuda:1"):
+        check_model_device(gpu1, torch.device("cuda", 0))
+    with pytest.raises(RlvrError, match="the model is on cpu"):
+        check_model_device(gpu1, torch.device("cpu"))
+    check_model_device(DistContext(), torch.device("cpu"))
+
+
 def test_launcher_argv():
     argv = ["train", "cfg.yaml", "--nproc", "2", "--set", "train.max_steps=3", "--nproc=4"]
     assert without_nproc(argv) == ["train", "cfg.yaml", "--set", "train.max_steps=3"]

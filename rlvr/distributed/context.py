@@ -113,15 +113,24 @@ def init_distributed(device_type: str | None = None, timeout_s: float = DEFAULT_
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    if dist.is_initialized():  # a second call (the CLI joined, now a trainer asks): the same context
+        return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device,
+                           backend=str(dist.get_backend()), timeout_s=timeout_s)
     set_no_multicast_env(environ)
     backend = backend_for(kind, dist.is_nccl_available())
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s),
-                                device_id=device if kind == "cuda" else None)
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s),
+                            device_id=device if kind == "cuda" else None)
     ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
                       timeout_s=timeout_s)
     agree_on_device_type(ctx, kind)
     return ctx
+
+
+def check_model_device(ctx: DistContext, device: torch.device) -> None:
+    """The model of rank r must sit on rank r's device (cuda:LOCAL_RANK), not where it happened to load."""
+    if device.type != ctx.device.type or (device.type == "cuda" and device.index not in (None, ctx.device.index)):
+        raise RlvrError(f"rank {ctx.rank}: the model is on {device} but this rank trains on {ctx.device}; load it "
+                        "after rlvr joined the process group (torch.cuda.set_device(LOCAL_RANK)) or on that device")
 
 
 def default_store() -> dist.Store:
