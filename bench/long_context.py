@@ -1,7 +1,7 @@
 """One GRPO update at long completion lengths: Llama-3.1-8B shape, LoRA r16 (16-bit or QLoRA NF4).
 
 The completions are fixed random tokens (generation would dominate the time and is measured by
-bench/rollout.py); the update runs through rlvr's own GRPOTrainer.optimizer_step with activation
+bench/rollout.py); the update runs through rlvr's own GRPOTrainer.train_step with activation
 checkpointing (offloaded by default), a token budget of one completion per piece, chunked
 log-probs and bf16 weights. The rollout KV cache those completions would need is computed and
 reported separately (`rollout_kv_cache_gib`), not allocated. Prints one JSON line per length.
@@ -102,7 +102,8 @@ def one_update(trainer, config, gens: int, prompt: int, completion: int, device:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    metrics = trainer.optimizer_step(batch, [torch.arange(gens, device=device)])
+    trainer.batch = batch
+    metrics = trainer.train_step([torch.arange(gens, device=device)])
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -129,7 +130,9 @@ def main() -> None:
     from rlvr.config import GRPOConfig
     from rlvr.errors import RlvrError
     from rlvr.grpo.trainer import GRPOTrainer
+    from rlvr.models.checkpointing import active_offloader, discard_offloaded_activations
     from rlvr.models.loading import attach_lora
+    from rlvr.train.core import prepare_model
 
     device = torch.device(a.device)
     lengths = [int(x) for x in a.lengths.split(",")]
@@ -149,7 +152,7 @@ def main() -> None:
     ds = [{"prompt": "t5 t6 t7"} for _ in range(group)]
     trainer = GRPOTrainer(model, tok, [lambda completions, **kw: [0.0] * len(completions)], ds, args,
                           show_progress=False)
-    model.train()
+    prepare_model(model, args)  # checkpointing and train mode, as train() applies them
     # Warm-up (not reported): CUDA/cuBLAS initialisation and the first pinned buffers.
     one_update(trainer, config, 1, a.prompt, min(1024, min(lengths)), device)
     for length in lengths:
@@ -161,13 +164,12 @@ def main() -> None:
                "torch": torch.__version__}
         try:
             row.update(one_update(trainer, config, a.gens, a.prompt, length, device))
-            if trainer.offloader is not None:
-                row["pinned_host_gib"] = round(trainer.offloader.peak_host_bytes / 2**30, 2)
+            if active_offloader(model) is not None:
+                row["pinned_host_gib"] = round(active_offloader(model).peak_host_bytes / 2**30, 2)
         except (torch.OutOfMemoryError, RlvrError) as e:  # the trainer turns a second OOM into an RlvrError
             row["oom"] = str(e)[:200]
-            trainer.optimizer.zero_grad(set_to_none=True)
-            if trainer.offloader is not None:
-                trainer.offloader.discard()
+            trainer.update.optimizer.zero_grad(set_to_none=True)
+            discard_offloaded_activations(model)
             torch.cuda.empty_cache()
         emit(row, a.out)
 

@@ -16,8 +16,8 @@ import time
 import torch
 from report import emit
 
-from rlvr.grpo.logprobs import chunked_logprobs
 from rlvr.grpo.objective import StepShape, aggregate, per_token_loss
+from rlvr.models.logprobs import chunked_logprobs
 
 
 def grpo_loss_from_logps(logps, old, adv, mask):

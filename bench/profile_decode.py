@@ -50,7 +50,7 @@ def main() -> None:
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=None, decode=lambda ids: "")
     prompts = torch.randint(1, config.vocab_size, (a.batch // a.group, a.prompt),
                             generator=torch.Generator().manual_seed(1)).tolist()
-    engine = NativeEngine(model, tokenizer, cuda_graphs=False, merge_lora=MERGE[a.merge],
+    engine = NativeEngine(model, tokenizer, cuda_graphs=False, rollout_merge_lora=MERGE[a.merge],
                           compile=not a.no_compile, attention=a.attention)
 
     def kernels_of_round(new_tokens: int) -> dict[str, list[float]]:

@@ -38,6 +38,16 @@ SHAPES = {
     "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
                          tie_word_embeddings=False, rope_theta=5e5),
+    # Mixture of experts: 128 experts, 8 active per token; LoRA on attention (rlvr's MoE default).
+    "qwen3-30b-a3b": dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                          num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+                          num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, vocab_size=151936,
+                          tie_word_embeddings=False, rope_theta=1e6),
+    # Five sliding-window (1024) layers per global one, two rope tables, scaled embeddings, (1 + w) norms.
+    "gemma-3-12b": dict(model_type="gemma3_text", hidden_size=3840, intermediate_size=15360, num_hidden_layers=48,
+                        num_attention_heads=16, num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256,
+                        sliding_window=1024, vocab_size=262208, tie_word_embeddings=True,
+                        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(48)]),
 }
 
 
@@ -63,7 +73,8 @@ def build_model(shape: str, device: torch.device, dtype: torch.dtype):
 
 
 def bw_bound_tok_per_s(model, batch: int, prompt: int, new_tokens: int) -> float:
-    """Tokens/s if every decode step only had to read the weights and the filled KV once at 4.8 TB/s."""
+    """Tokens/s if every decode step only had to read the weights and the filled KV once at 4.8 TB/s (for a
+    mixture of experts, only the k experts one token uses: `ModelW.weight_bytes`)."""
     w = read_weights(model)
     seconds = sum((w.weight_bytes() + batch * (prompt + t) * w.kv_bytes_per_token()) / H200_BYTES_PER_S
                   for t in range(new_tokens))
@@ -116,7 +127,7 @@ def main() -> None:
     batch = n_prompts * g
 
     native = NativeEngine(model, tokenizer, cuda_graphs=not args.no_graphs,
-                          merge_lora=MERGE[args.merge], attention=args.attention)
+                          rollout_merge_lora=MERGE[args.merge], attention=args.attention)
     # Warm-up round of the same shape: kernels, cuBLAS, allocator, and the compiled step pieces
     # (training compiles once, in its first round; every later round has the same shapes).
     timed(native, prompts, g, args.new_tokens)

@@ -33,18 +33,45 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+TOP_LEVEL_SETTINGS = ("rewards",)  # config keys that are not inside a section
+
+
 def _parse_set(values: list[str] | None) -> dict:
-    """--set train.learning_rate=1e-5 → {"train": {"learning_rate": 1e-5}} (values parsed as YAML)."""
+    """--set train.learning_rate=1e-5 → {"train": {"learning_rate": 1e-5}} (values parsed as YAML);
+    --set rewards=[gsm8k,int] (or rewards=gsm8k,int) → {"rewards": ["gsm8k", "int"]}."""
     import yaml
 
     out: dict = {}
     for item in values or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise RlvrError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set train.max_steps=10")
-        key, value = item.split("=", 1)
+        key, equals, value = item.partition("=")
+        if key in TOP_LEVEL_SETTINGS and equals:
+            out[key] = _parse_list(item, value)
+            continue
+        if not equals or "." not in key:
+            raise RlvrError(f"--set {item!r}: expected SECTION.KEY=VALUE (e.g. --set train.max_steps=10) "
+                            "or rewards=NAME,NAME")
         section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
+        try:
+            out.setdefault(section, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise RlvrError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)}); "
+                            "quote it, e.g. --set 'data.system_prompt=\"...\"'") from None
     return out
+
+
+def _parse_list(item: str, value: str) -> list[str]:
+    """'[a, b]' (YAML) or 'a,b' → ['a', 'b']."""
+    import yaml
+
+    text = value.strip()
+    try:
+        parsed = yaml.safe_load(text) if text.startswith("[") else [p.strip() for p in text.split(",")]
+    except yaml.YAMLError:
+        parsed = None
+    if not isinstance(parsed, list) or not parsed or not all(isinstance(p, str) and p for p in parsed):
+        raise RlvrError(f"--set {item!r}: expected a comma-separated list of reward names, "
+                        "e.g. --set rewards=gsm8k,numeric_proximity")
+    return parsed
 
 
 def _training_config(args, train_cls):
@@ -57,15 +84,33 @@ def _training_config(args, train_cls):
     return load_run_config(args.config, train_cls, overrides)
 
 
+def _run_training(args, train_cls, run, command: str) -> dict:
+    """`rlvr train|sft`: config, run-directory check, the directory and dashboard command on stderr, the
+    run; Ctrl-C or SIGTERM end it with a checkpoint and the resume command."""
+    from rlvr.config import to_dict
+    from rlvr.train.session import check_run_start
+
+    if args.force and not args.resume:
+        raise RlvrError(f"rlvr {command}: --force goes with --resume (continue despite changed settings); add "
+                        "--resume or drop --force")
+    cfg = _training_config(args, train_cls)
+    if args.overwrite:
+        cfg.train.overwrite_output_dir = True
+    out = cfg.train.output_dir
+    check_run_start(cfg.train, args.resume, args.force, model_config=to_dict(cfg.model))
+    print(f"rlvr: run directory {out}; watch it with: rlvr dashboard {out}", file=sys.stderr, flush=True)
+    result = run(cfg, resume=args.resume, force=args.force)
+    if result.get("interrupted"):
+        again = f"rlvr {command} {args.config} --output-dir {out} --resume"
+        print(f"interrupted at step {result.get('step')}; resume with: {again}", file=sys.stderr)
+    return result
+
+
 def cmd_train(args) -> int:
     from rlvr.config import GRPOConfig
     from rlvr.pipeline import run_grpo
 
-    cfg = _training_config(args, GRPOConfig)
-    result = run_grpo(cfg, resume=args.resume)
-    if result.get("interrupted"):
-        again = f"rlvr train {args.config} --output-dir {cfg.train.output_dir} --resume"
-        print(f"interrupted at step {result.get('step')}; resume with: {again}", file=sys.stderr)
+    result = _run_training(args, GRPOConfig, run_grpo, "train")
     print(json.dumps({k: result[k] for k in ("step", "reward", "run_dir") if k in result}))
     return 0
 
@@ -74,7 +119,7 @@ def cmd_sft(args) -> int:
     from rlvr.config import SFTConfig
     from rlvr.pipeline import run_sft
 
-    result = run_sft(_training_config(args, SFTConfig))
+    result = _run_training(args, SFTConfig, run_sft, "sft")
     print(json.dumps({k: result[k] for k in ("step", "loss", "run_dir") if k in result}))
     return 0
 
@@ -109,35 +154,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pathlib import Path
+    from rlvr.export import export_outputs
 
-    from rlvr.export import export_run, export_run_gguf, load_run, parse_quantizations, push_to_hub, save_merged
-    from rlvr.export.hub import hub_token
-
-    if args.ollama and not args.gguf:
-        raise RlvrError("rlvr export: --ollama writes a Modelfile beside GGUF files; add --gguf f16 (or another type)")
-    if args.private and not args.push_to_hub:
-        raise RlvrError("rlvr export: --private applies to --push-to-hub REPO; add it or drop --private")
-    if not (args.merged or args.gguf or args.push_to_hub):
-        raise RlvrError("rlvr export: choose what to write: --merged, --gguf f16[,q8_0,...] or --push-to-hub REPO")
-    if args.gguf:
-        parse_quantizations(args.gguf)  # a bad type or a missing token fails before the model loads
-    if args.push_to_hub:
-        hub_token()
-    written = []
-    if args.merged or args.gguf:
-        loaded = load_run(args.run_dir)  # one load serves both outputs
-        if args.merged:
-            written.append(save_merged(*loaded, Path(args.run_dir) / "merged", dtype=args.dtype))
-            print(f"merged model written to {written[-1]}")
-        if args.gguf:
-            files = export_run_gguf(args.run_dir, args.gguf, ollama=args.ollama, loaded=loaded)
-            written += files
-            print("GGUF export written: " + ", ".join(str(f) for f in files))
-    if args.push_to_hub:
-        # Nothing else asked for: the adapter (with its tokenizer) is what gets uploaded.
-        url = push_to_hub(written or [export_run(args.run_dir, merged=False)], args.push_to_hub, private=args.private)
-        print(f"uploaded to {url}")
+    export_outputs(args.run_dir, merged=args.merged, dtype=args.dtype, gguf=args.gguf, ollama=args.ollama,
+                   push_to_hub=args.push_to_hub, private=args.private)
     return 0
 
 
@@ -155,9 +175,19 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rlvr")
+    except PackageNotFoundError:  # run from a source checkout that was never installed
+        return "(not installed; version in pyproject.toml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning from verifiable rewards (GRPO).")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    p.add_argument("--version", action="version", version=f"rlvr {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="the whole workflow on the bundled SmolLM2-135M, on a CPU, offline")
@@ -172,9 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("config", help="YAML run config (see examples/)")
         t.add_argument("--output-dir", help="override train.output_dir")
         t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
-        if name == "train":
-            t.add_argument("--resume", nargs="?", const="latest", default=None,
-                           help="resume from the run directory's latest checkpoint (or a given checkpoint)")
+        t.add_argument("--resume", nargs="?", const="latest", default=None,
+                       help="resume from the run directory's latest checkpoint (or a given checkpoint)")
+        t.add_argument("--force", action="store_true",
+                       help="with --resume: continue even though settings that change the math differ")
+        t.add_argument("--overwrite", action="store_true",
+                       help="start over in an output directory that already holds a run (its files are removed)")
         t.set_defaults(func=func)
 
     e = sub.add_parser("eval", help="accuracy, format compliance, pass@k of a model (or several: --compare) "

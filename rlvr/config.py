@@ -18,7 +18,21 @@ import yaml
 from rlvr.errors import RlvrError, nearest
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# One tuple of allowed values per option: validation below and the code that branches on the option
+# both use it. loss_type's choices are the keys of rlvr/grpo/objective.py's AGGREGATIONS table and
+# vllm_importance_sampling_mode's its TIS_MODES; data.answer_format's the keys of rlvr/data/columns.py's
+# ANSWER_FORMATS.
+ALL_LINEAR = "all-linear"  # every Linear layer but the output head (peft's and TRL's spelling)
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")  # trackers beside metrics.jsonl (rlvr/train/trackers.py)
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+OPTIMIZERS = ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adamw")
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+CHECKPOINTING_MODES = (False, True, "offload")
+ROLLOUT_BACKENDS = ("auto", "hf", "native")
+ROLLOUT_MERGE_LORA = (None, True, False, "attention")
+SCALE_REWARDS = ("group", "batch", "none", True, False)
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+REWARD_ERRORS = ("raise", "skip")
 
 
 @dataclass
@@ -32,16 +46,21 @@ class ModelConfig:
     lora_rank: int = 16
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    # Leaf module names, or 'all-linear'; where the default names do not fit the model's layout
+    # (fused qkv_proj, GPT-NeoX) every Linear layer is adapted, with a warning (models/lora_targets.py).
+    lora_target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     adapter_path: str | None = None  # start from a saved LoRA adapter (e.g. the SFT warm-up's)
     load_in_4bit: bool = False  # QLoRA through bitsandbytes NF4 (CUDA only)
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
 
     def validate(self) -> None:
-        _choice("model.dtype", self.dtype, ("auto", "float32", "float16", "bfloat16"))
+        _choice("model.dtype", self.dtype, DTYPES)
         if self.use_lora and self.lora_rank < 1:
             raise RlvrError(f"model.lora_rank must be >= 1, got {self.lora_rank}; set e.g. lora_rank: 16")
+        if isinstance(self.lora_target_modules, str) and self.lora_target_modules != ALL_LINEAR:
+            raise RlvrError(f"model.lora_target_modules: {self.lora_target_modules!r} is not a list of module "
+                            f"names; give a list like [q_proj, v_proj] or '{ALL_LINEAR}'")
 
 
 @dataclass
@@ -64,7 +83,9 @@ class DataConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        _choice("data.answer_format", self.answer_format, ("raw", "gsm8k"))
+        from rlvr.data.columns import ANSWER_FORMATS
+
+        _choice("data.answer_format", self.answer_format, tuple(ANSWER_FORMATS))
         if self.eval_size < 0:
             raise RlvrError(f"data.eval_size must be >= 0, got {self.eval_size}")
 
@@ -105,7 +126,7 @@ class GRPOConfig:
     vllm_importance_sampling_correction: bool = True  # TIS, when the rollout engine reports log-probs
     vllm_importance_sampling_mode: str = "token_truncate"
     vllm_importance_sampling_cap: float = 2.0
-    optim: str = "adamw_8bit"  # falls back to adamw_torch when bitsandbytes is missing
+    optim: str = "adamw_8bit"  # adamw_torch (with a warning, recorded in config.yaml) without bitsandbytes on CUDA
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     adam_epsilon: float = 1e-8
@@ -117,7 +138,7 @@ class GRPOConfig:
     gradient_checkpointing: bool | str = False  # false | true | offload (layer inputs kept in pinned CPU memory)
     micro_batch_token_budget: int | None = None  # split micro-batches into pieces of at most this many padded
     # tokens (rows × longest row), rows sorted by length; the loss is the same however a step is split
-    bf16: bool = False  # autocast the update's forward passes to bfloat16 (fp32 weights and optimizer)
+    bf16: bool = False  # autocast forward passes to bfloat16 where the device has native bf16 (CUDA, AVX512-BF16/AMX)
     rollout_backend: str = "auto"  # auto (native on CUDA, hf elsewhere) | native | hf
     rollout_merge_lora: bool | str | None = None  # native: fold LoRA into a per-round copy (faster, more
     # memory); None = on CUDA only. "attention": copy q/k/v/o only (an eighth of the memory), MLP adapters as
@@ -129,10 +150,12 @@ class GRPOConfig:
     save_steps: int = 50
     save_total_limit: int | None = 2
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
+    overwrite_output_dir: bool = False  # start over in an output_dir that holds a run (else refused)
     report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
+        _check_max_steps(self.max_steps)
         if self.num_generations < 2:
             raise RlvrError(
                 f"train.num_generations must be >= 2 (group-relative advantages need a group), "
@@ -155,22 +178,21 @@ class GRPOConfig:
                 f"steps_per_generation) is not divisible by num_generations ({self.num_generations}); "
                 f"make per_device_train_batch_size a multiple of num_generations"
             )
-        _choice("train.loss_type", self.loss_type, ("grpo", "bnpo", "dr_grpo", "dapo"))
-        _choice("train.scale_rewards", self.scale_rewards, ("group", "batch", "none", True, False))
-        _choice("train.importance_sampling_level", self.importance_sampling_level, ("token", "sequence"))
-        _choice("train.reward_errors", self.reward_errors, ("raise", "skip"))
-        _choice("train.vllm_importance_sampling_mode", self.vllm_importance_sampling_mode,
-                ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"))
-        _choice("train.lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))
-        _choice("train.optim", self.optim, ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adamw"))
-        _choice("train.rollout_backend", self.rollout_backend, ("auto", "hf", "native"))
-        self.gradient_checkpointing = _checkpoint_mode(self.gradient_checkpointing)
-        _choice("train.rollout_merge_lora", self.rollout_merge_lora, (None, True, False, "attention"))
+        from rlvr.grpo.objective import AGGREGATIONS, TIS_MODES
+
+        _choice("train.loss_type", self.loss_type, tuple(AGGREGATIONS))
+        _choice("train.scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        _choice("train.importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+        _choice("train.reward_errors", self.reward_errors, REWARD_ERRORS)
+        _choice("train.vllm_importance_sampling_mode", self.vllm_importance_sampling_mode, TIS_MODES)
+        _validate_update(self)
+        _choice("train.rollout_backend", self.rollout_backend, ROLLOUT_BACKENDS)
+        _choice("train.rollout_merge_lora", self.rollout_merge_lora, ROLLOUT_MERGE_LORA)
         if self.micro_batch_token_budget is not None and self.micro_batch_token_budget <= 0:
             raise RlvrError(f"train.micro_batch_token_budget must be > 0 (or null), "
                             f"got {self.micro_batch_token_budget}")
         for name in ("temperature", "learning_rate", "max_completion_length", "per_device_train_batch_size",
-                     "gradient_accumulation_steps", "num_iterations"):
+                     "gradient_accumulation_steps", "num_iterations", "completions_log_steps"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.delta is not None and self.delta <= 1:
@@ -208,24 +230,47 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     lr_scheduler_type: str = "linear"
     warmup_ratio: float = 0.03
+    max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row with a NaN/inf loss or gradient
     gradient_checkpointing: bool | str = False  # false | true | offload
-    bf16: bool = False  # autocast forward passes to bfloat16 (fp32 weights and optimizer)
+    bf16: bool = False  # autocast forward passes to bfloat16 where the device has native bf16
     logging_steps: int = 1
+    save_steps: int = 100
+    save_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
+    overwrite_output_dir: bool = False  # start over in an output_dir that holds a run (else refused)
     report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
+        _check_max_steps(self.max_steps)
         for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        _choice("train.lr_scheduler_type", self.lr_scheduler_type, ("cosine", "linear", "constant"))
-        self.gradient_checkpointing = _checkpoint_mode(self.gradient_checkpointing)
+        _validate_update(self)
+
+
+def _validate_update(args) -> None:
+    """The settings of the shared trainer core (rlvr/train/update.py, session.py)."""
+    _choice("train.optim", args.optim, OPTIMIZERS)
+    _choice("train.lr_scheduler_type", args.lr_scheduler_type, LR_SCHEDULERS)
+    args.gradient_checkpointing = _checkpoint_mode(args.gradient_checkpointing)
+    for name in ("max_nonfinite_steps", "save_steps", "logging_steps"):
+        if getattr(args, name) < 1:
+            raise RlvrError(f"train.{name} must be > 0, got {getattr(args, name)}")
+
+
+def _check_max_steps(max_steps: int) -> None:
+    # TRL (and transformers' Trainer) read any max_steps <= 0 as "train num_train_epochs"; only -1 says so
+    # on purpose, so 0 (or -5) is taken for the mistake it almost always is.
+    if max_steps == 0 or max_steps < -1:
+        raise RlvrError(f"train.max_steps: {max_steps} is not a number of steps; set a positive number of "
+                        "optimizer steps, or -1 to train for num_train_epochs")
 
 
 def _checkpoint_mode(value: bool | str) -> bool | str:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         value = value.lower() == "true"
-    if value not in (False, True, "offload"):
+    if value not in CHECKPOINTING_MODES:
         raise RlvrError(f"train.gradient_checkpointing: {value!r} is not one of false, true, offload"
                         f"{nearest(str(value), ['offload'])}")
     return value
@@ -250,7 +295,7 @@ class EvalConfig:
     def validate(self) -> None:
         if any(k < 1 or k > self.num_samples for k in self.k):
             raise RlvrError(f"eval.k must be in 1..num_samples ({self.num_samples}), got {self.k}")
-        _choice("eval.rollout_backend", self.rollout_backend, ("auto", "hf", "native"))
+        _choice("eval.rollout_backend", self.rollout_backend, ROLLOUT_BACKENDS)
         if self.num_samples > 1 and not self.do_sample:
             raise RlvrError("eval.num_samples > 1 needs do_sample: true (greedy samples are all identical)")
 
@@ -347,7 +392,10 @@ def load_run_config(path: str | Path, train_cls: type | None = GRPOConfig,
     if not isinstance(raw, dict):
         raise RlvrError(f"{path}: the top level must be a mapping with model/data/rewards/train/eval sections")
     for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update(values)
+        if isinstance(values, dict) and isinstance(raw.get(section, {}), dict):
+            raw.setdefault(section, {}).update(values)
+        else:  # a top-level setting such as `rewards`, or a section the file got wrong: replaced whole
+            raw[section] = values
     return config_from_dict(raw, train_cls, where=str(path))
 
 

@@ -40,8 +40,9 @@ def demo_configs(output_dir: str | Path, seed: int = 0, grpo_steps: int | None =
     out = Path(output_dir)
     base = copy.deepcopy(DEMO_CONFIG)
     base["data"]["seed"] = seed
-    sft = {**base, "train": {**DEMO_SFT, "output_dir": str(out / "sft"), "seed": seed}}
-    grpo_train = {**DEMO_GRPO, "output_dir": str(out / "grpo"), "seed": seed}
+    # A demo run replaces the previous one in its folder.
+    sft = {**base, "train": {**DEMO_SFT, "output_dir": str(out / "sft"), "seed": seed, "overwrite_output_dir": True}}
+    grpo_train = {**DEMO_GRPO, "output_dir": str(out / "grpo"), "seed": seed, "overwrite_output_dir": True}
     if grpo_steps is not None:
         grpo_train["max_steps"] = grpo_steps
     grpo = {**base, "train": grpo_train}

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from rlvr.grpo.advantages import EPS, combine_rewards, group_advantages, normalize_scale_rewards, reward_stats
+from rlvr.grpo.advantages import EPS, group_advantages, normalize_scale_rewards, reward_stats
+from rlvr.rewards.scoring import combine_rewards, nanstd
 
 nan = float("nan")
 
@@ -44,6 +45,13 @@ def test_nan_rewards_are_ignored_in_group_stats_and_get_zero_advantage():
     a = group_advantages(r, 4, "none")
     torch.testing.assert_close(a, torch.tensor([-2.0, 0.0, 0.0, 2.0]))
     assert not torch.isnan(group_advantages(r, 4, "group")).any()
+
+
+def test_nanstd_is_bessel_corrected_and_ignores_nan():
+    x = torch.tensor([[1.0, nan, 3.0, 5.0], [2.0, nan, nan, nan]])
+    torch.testing.assert_close(nanstd(x, dim=1)[0], torch.tensor(2.0))
+    assert math.isnan(nanstd(x, dim=1)[1].item())
+    assert nanstd(x).item() == pytest.approx(torch.tensor([1.0, 3.0, 5.0, 2.0]).std().item())
 
 
 def test_combine_rewards_weights_and_skips_none():

@@ -27,6 +27,19 @@ OS = "os_ = [c for c in object.__subclasses__() if c.__name__ == '_wrap_close'][
 CTYPES = OS + "ctypes = os_['sys'].modules['ctypes']\nlibc = ctypes.CDLL(None)\n"
 
 
+# process_vm_readv(getppid(), ...) from an address that is surely unmapped in the trainer: EFAULT
+# means the kernel allowed access to its memory (a mapped address would have been read), EPERM
+# or ESRCH that it did not.
+READ_PARENT_MEM = (
+    "def get():\n    buf = ctypes.create_string_buffer(8)\n"
+    "    local = (ctypes.c_void_p * 2)(ctypes.cast(buf, ctypes.c_void_p), 8)\n"
+    "    remote = (ctypes.c_void_p * 2)(4096, 8)\n"
+    "    libc = ctypes.CDLL(None, use_errno=True)\n"
+    "    n = libc.syscall(310, os_['getppid'](), local, 1, remote, 1, 0)\n"
+    "    return 'readable' if n == 8 or ctypes.get_errno() == 14 else 'denied'\n"
+)
+
+
 def _batch_bound(rows: int, timeout: float) -> float:
     # Each row takes at most its timeout plus start-up; rows run cpu_count at a time.
     waves = -(-rows // max(1, min(os.cpu_count() or 1, rows)))
@@ -218,6 +231,8 @@ def _adversaries(env: dict) -> dict[str, tuple[str, list, str | None, set[str]]]
                                     "def add(a, b):\n    while True:\n        pass\n", ADD_TESTS, "add", {"timeout"}),
         "signal_parent": (OS + "os_['kill'](os_['getppid'](), 0)\ndef add(a, b):\n    return a + b\n", ADD_TESTS,
                           "add", {"exception"}),  # signal 0: only asks whether it may signal the trainer
+        "read_parent_mem": (CTYPES + READ_PARENT_MEM, [{"input": [], "output": "readable"}], "get",
+                            {"wrong_output", "exception"}),
         "runs_as_root": (OS + "def get():\n    return os_['getuid']()\n", [{"input": [], "output": 0}], "get",
                          {"wrong_output"}),
         "tamper_harness": (OS + "import json\ntry:\n    os_['unlink'](os_['sys'].argv[1])\nexcept OSError:\n"
@@ -269,7 +284,9 @@ def _needs_isolation(attack, *layers: str) -> None:
 
 
 ESCAPES = {"fork_bomb_escape", "write_outside", "read_secret_file", "read_etc_passwd", "read_parent_environ",
-           "open_proc_self_escape", "socket_ctypes", "signal_parent", "runs_as_root"}  # fmt: skip
+           "open_proc_self_escape", "socket_ctypes", "signal_parent", "runs_as_root", "read_parent_mem"}  # fmt: skip
+# What a trainer without root faces (forced with root_layers=False): every escape but the uid check.
+UNPRIVILEGED_ESCAPES = sorted(ESCAPES - {"runs_as_root"})
 
 
 _NAMES = list(_adversaries({"secret": "", "secret_file": "", "outside": "", "cache": "", "passwd": "", "port": 1}))
@@ -302,7 +319,8 @@ def test_nothing_escaped_to_the_host(attack, env):
     assert not os.path.exists(env["outside"])
     with pytest.raises(BlockingIOError):
         env["listener"].accept()  # no connection ever reached the listener
-    assert attack["reward"].isolation == {"net": True, "chroot": True, "uid": True}
+    iso = attack["reward"].isolation
+    assert all(iso[layer] for layer in ("net", "chroot", "uid", "nondumpable")), iso
 
 
 def test_no_sandbox_process_survives(attack):
@@ -372,3 +390,139 @@ def test_failure_reasons_reach_the_metrics():
     assert scores.total.tolist() == [1.0, 0.0, 0.0]
     assert scores.metrics["rewards/code/errors/timeout"] == 1.0
     assert scores.metrics["rewards/code/errors/forbidden_import"] == 1.0
+
+
+# --- without root: user + network namespaces, chroot inside them, Landlock, non-dumpable trainer ------
+
+
+@pytest.fixture(scope="module")
+def unprivileged_attack(env):
+    table = _adversaries(env)
+    reward = make_code_reward(timeout_s=TIMEOUT, root_layers=False)
+    names = UNPRIVILEGED_ESCAPES
+    scores = reward(["p"] * len(names), [table[n][0] for n in names], tests=[table[n][1] for n in names],
+                    entry_point=[table[n][2] for n in names])
+    return {"results": dict(zip(names, zip(scores, reward.last_reasons))), "reward": reward, "table": table}
+
+
+def _needs_unprivileged_layers(attack) -> None:
+    iso = attack["reward"].isolation
+    if not (iso.get("userns") and iso.get("landlock_signals")):
+        pytest.skip(f"this kernel lacks user namespaces or Landlock ABI 6 ({iso})")
+
+
+@pytest.mark.parametrize("name", UNPRIVILEGED_ESCAPES)
+def test_unprivileged_sandbox_contains_escapes(unprivileged_attack, name):
+    _needs_unprivileged_layers(unprivileged_attack)
+    score, reason = unprivileged_attack["results"][name]
+    accepted = set(unprivileged_attack["table"][name][3])
+    if name == "fork_bomb_escape" and os.geteuid() == 0:
+        accepted.add("timeout")  # RLIMIT_NPROC does not bind uid 0: the forks run until the group is killed
+    assert score == 0.0 and reason in accepted, (name, reason)
+
+
+def test_unprivileged_sandbox_layers_and_nothing_escaped(unprivileged_attack, env):
+    _needs_unprivileged_layers(unprivileged_attack)
+    iso = unprivileged_attack["reward"].isolation
+    assert iso["uid"] is False and all(iso[k] for k in ("userns", "net", "chroot", "landlock", "nondumpable"))
+    assert code_module.unprotected(iso) == []
+    assert not os.path.exists(env["outside"])
+    with pytest.raises(BlockingIOError):
+        env["listener"].accept()
+
+
+def test_warning_names_what_remains():
+    left = code_module.unprotected({"net": False, "chroot": False, "uid": False, "landlock": False,
+                                    "landlock_signals": False, "nondumpable": True})
+    assert left == ["files readable by the trainer's user (no chroot, no Landlock)",
+                    "the network (no network namespace)",
+                    "signals to the trainer and this user's other processes (no uid switch, no Landlock scope)"]
+
+
+def _same_user_can_read_environ(pid: int) -> bool:
+    """Whether another process of pid's user (a fork, so no new exec) may read /proc/<pid>/environ."""
+    child = os.fork()
+    if child == 0:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                f.read()
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+
+def test_trainer_is_not_dumpable_while_a_candidate_runs():
+    # A stand-in trainer without root (forked, uid nobody, dumpable as a normal process is), probed
+    # by a same-user process before, during and after the window in which candidates run.
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    read_fd, write_fd = os.pipe()
+    trainer = os.fork()
+    if trainer == 0:
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            libc.prctl(4, 1, 0, 0, 0)  # a uid change made it non-dumpable; a normal trainer is dumpable
+            seen = [_same_user_can_read_environ(os.getpid())]
+            with code_module._trainer_not_dumpable() as protected, code_module._trainer_not_dumpable():
+                seen += [protected, _same_user_can_read_environ(os.getpid())]
+            seen += [_same_user_can_read_environ(os.getpid()), libc.prctl(3, 0, 0, 0, 0) == 1]
+            os.write(write_fd, repr(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    report = os.read(read_fd, 1000).decode()
+    os.close(read_fd)
+    os.waitpid(trainer, 0)
+    # readable before; protected and unreadable inside (nested runs); readable and dumpable after
+    assert report == repr([True, True, False, True, True])
+
+
+# --- report parsing and comparison (parent side) ------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [150, 990, 2000])
+def test_deeply_nested_results_score_zero_without_raising(depth):
+    reward = make_code_reward(timeout_s=3.0)
+    src = f"def get():\n    x = 0\n    for _ in range({depth}):\n        x = [x]\n    return x\n"
+    assert reward(["p"], [src], tests=[[{"input": [], "output": [1]}]], entry_point=["get"]) == [0.0]
+    assert reward.last_reasons == (["bad_output"] if depth >= 1000 else ["protocol"])  # the child's json fails
+
+
+def test_deep_results_under_skip_score_zero_not_none():
+    from rlvr.rewards import score_completions
+
+    reward = make_code_reward(timeout_s=3.0)
+    src = "def get():\n    x = 0\n    for _ in range(990):\n        x = [x]\n    return x\n"
+    scores = score_completions([reward], ["p"], [src], None, {"tests": [[{"input": [], "output": 1}]],
+                               "entry_point": ["get"]}, reward_errors="skip")
+    assert scores.total.tolist() == [0.0]
+
+
+def test_integers_are_compared_exactly():
+    reward = make_code_reward(timeout_s=3.0)
+    tests = [[{"input": [], "output": 3}]] * 3 + [[{"input": [], "output": 0.3}]]
+    srcs = ["def f():\n    return 3.0000000001\n", "def f():\n    return 3.0\n", "def f():\n    return 3\n",
+            "def f():\n    return 0.1 + 0.2\n"]
+    assert reward(["p"] * 4, srcs, tests=tests, entry_point=["f"] * 4) == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_parent_reads_at_most_the_report_cap(monkeypatch):
+    read = code_module._read_until
+    sizes = []
+
+    def spy(*args, **kwargs):
+        data, timed_out = read(*args, **kwargs)
+        sizes.append(len(data))
+        return data, timed_out
+
+    monkeypatch.setattr(code_module, "_read_until", spy)
+    reward = make_code_reward(timeout_s=5.0, memory_mb=512)
+    src = "def get():\n    return [123456] * 1_000_000\n"  # a 7.6 MB report
+    assert reward(["p"], [src], tests=[[{"input": [], "output": 1}]], entry_point=["get"]) == [0.0]
+    assert reward.last_reasons == ["output_flood"]
+    assert sizes and max(sizes) <= 2**20 + 1

@@ -120,7 +120,7 @@ def test_failed_and_interrupted_runs_say_so(tmp_path):
     holder = {}
 
     def stop_after_first(prompts, completions, **kw):
-        holder["trainer"]._request_stop()  # what Ctrl-C does: finish the step, save, return
+        holder["trainer"].request_stop()  # what Ctrl-C does: finish the step, save, return
         return count_a(prompts, completions)
 
     holder["trainer"] = grpo(tmp_path / "stopped", rewards=(stop_after_first,))

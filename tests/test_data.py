@@ -287,7 +287,7 @@ def test_bad_local_inputs(tmp_path):
     with raises_one_line("holds no"):
         load_records(str(tmp_path / "empty_dir"))
     (tmp_path / "broken.jsonl").write_text("{not json\n")
-    with raises_one_line("could not read dataset file") as error:
+    with raises_one_line("line 1 is not valid JSON") as error:
         load_records(str(tmp_path / "broken.jsonl"))
     assert_one_line(error)
 

@@ -19,6 +19,7 @@ from rlvr.evaluation import (
     print_comparison,
     write_result,
 )
+from rlvr.rewards.registry import resolve_rewards
 from rlvr.rewards.text import completion_text
 from rlvr.rollout import Rollout
 
@@ -30,7 +31,7 @@ COMPLETIONS = [
         (STRICT.format(r="6*7", a="42"), True),  # correct, strict
         ("<reasoning>x</reasoning> <answer>42.0</answer>", True),  # correct, soft only
         ("<answer>41</answer>", True),  # wrong, no format
-        ("<reasoning>\nr\n</reasoning>\n<answer>\n$4,2\n</answer>", True),  # correct, strict (no final newline)
+        ("<reasoning>\nr\n</reasoning>\n<answer>\n$4,2\n</answer>", True),  # correct, not strict (no final newline)
     ],
     [  # answer "1,000": one correct
         ("<answer> 1000 </answer>", True),
@@ -109,9 +110,10 @@ def test_metric_arithmetic_is_exact(tokenizer):
     correct = [3, 2, 0]
     assert result["problems"] == 3 and result["samples_per_problem"] == 4 and result["completions"] == 12
     assert result["accuracy"] == pytest.approx(5 / 12)
-    # Strict: p0 rows 0, 3; p1 row 1 (row 3 has text after the answer); p2 row 2.
-    assert result["format"] == pytest.approx(4 / 12)
-    # Soft adds p0 row 1 and p1 row 3.
+    # Strict (§9, the strict_format reward's rule): p0 row 0; p1 row 1 (row 3 has text after the
+    # answer); p2 row 2. p0 row 3 lacks the final newline.
+    assert result["format"] == pytest.approx(3 / 12)
+    # Soft adds p0 rows 1 and 3 and p1 row 3.
     assert result["soft_format"] == pytest.approx(6 / 12)
     assert result["mean_reward"] == pytest.approx(5 / 12)
     assert result["rewards"] == {"probe_reward": pytest.approx(5 / 12)}
@@ -155,13 +157,45 @@ def test_default_rewards_are_the_gsm8k_set(tokenizer):
     assert result["rewards"]["strict_format"] == pytest.approx(0.5 * 3 / 12)
 
 
+@pytest.mark.parametrize("tags", [("reasoning", "answer"), ("think", "sol")])
+def test_format_metrics_are_the_format_rewards(tokenizer, tags):
+    # One rule (semantics §9) for the metric and the reward, whatever the newlines around the answer.
+    r, a = tags
+    body = f"<{r}>\nx\n</{r}>\n<{a}>\n1\n</{a}>"
+    texts = [body, body + "\n", body + "\n\n", body + "\nmore", f"<{r}>x</{r}><{a}>1</{a}>", " " + body + "\n",
+             f"<{r}>\nx\n</{r}>\n\n<{a}>\n1\n</{a}>\n", ""]
+    cfg = EvalConfig(max_new_tokens=64, batch_size=8)
+    strict_fn, soft_fn = resolve_rewards(["strict_format", "soft_format"], reasoning_tag=r, answer_tag=a)
+    for text in texts:  # one evaluation per completion, so no count can hide a disagreement
+        result = evaluate(None, tokenizer, [{"prompt": "q", "answer": "1"}], cfg, reward_funcs=[strict_fn, soft_fn],
+                          engine=FakeEngine(tokenizer, [[(text, True)]]), reasoning_tag=r, answer_tag=a)
+        decoded = result["samples"][0]["completion"]
+        assert result["format"] == strict_fn(["q"], [decoded])[0] / 0.5 == result["rewards"]["strict_format"] / 0.5
+        assert result["soft_format"] == soft_fn(["q"], [decoded])[0] / 0.5
+    assert [strict_fn(["q"], [t])[0] for t in texts[:3]] == [0.0, 0.5, 0.5]  # Python's `$`: one extra newline
+
+
+def test_run_eval_weighs_rewards_as_training_does(tiny_model, tokenizer):
+    from rlvr.config import GRPOConfig, RunConfig
+    from rlvr.pipeline import run_eval
+
+    weights = [2.0, 0.5]
+    cfg = RunConfig(rewards=[probe_reward, length_reward], train=GRPOConfig(reward_weights=weights),
+                    eval=EvalConfig(max_new_tokens=4, batch_size=4))
+    result = run_eval(cfg, tiny_model, tokenizer, examples())
+    per_function = result["rewards"]
+    assert per_function["length_reward"] > 0
+    assert result["mean_reward"] == pytest.approx(2.0 * per_function["probe_reward"]
+                                                  + 0.5 * per_function["length_reward"])
+
+
 def test_limit_samples_and_custom_tags(tokenizer):
     rows = [[(t.replace("reasoning", "think").replace("answer", "sol"), e) for t, e in p] for p in COMPLETIONS]
     result = evaluate(None, tokenizer, examples(), sample_cfg(limit=2), reward_funcs=[length_reward],
                       engine=FakeEngine(tokenizer, rows), reasoning_tag="think", answer_tag="sol")
     assert result["problems"] == 2 and result["completions"] == 8
     assert result["accuracy"] == pytest.approx(5 / 8)
-    assert result["format"] == pytest.approx(3 / 8)
+    assert result["format"] == pytest.approx(2 / 8)
     first = result["samples"][0]
     assert first["prompt"] == "question 0?" and first["answer"] == "42"
     assert first["correct"] and first["format"] and first["completion"] == rows[0][0][0]

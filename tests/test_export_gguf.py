@@ -80,7 +80,7 @@ def sentencepiece_bpe():
 
 def merged_lora_model(kind: str, tokenizer, seed: int = 0):
     # transformers reads a qwen3 GGUF with Qwen3Config's default head_dim (128), ignoring attention.key_length.
-    extra = {"head_dim": 128} if kind == "qwen3" else {}
+    extra = {"qwen3": {"head_dim": 128}, "phi3": {"pad_token_id": 0}}.get(kind, {})
     model = attach_lora(make_model(kind, vocab_size=len(tokenizer) + 3, seed=seed, **extra), rank=4, alpha=8)
     randomize_lora_b(model, seed=seed + 1)
     return model.eval()
@@ -107,8 +107,9 @@ def load_gguf(path):
     return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
-@pytest.mark.parametrize(("kind", "split"), [("llama", None), ("qwen2", _QWEN2_SPLIT), ("qwen3", None)],
-                         ids=["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize(("kind", "split"), [("llama", None), ("qwen2", _QWEN2_SPLIT), ("qwen3", None),
+                                             ("mistral", None), ("phi3", None)],
+                         ids=["llama", "qwen2", "qwen3", "mistral", "phi3"])
 def test_gguf_round_trips_through_transformers(kind, split, tmp_path):
     tokenizer = byte_level_bpe(split)
     model = merged_lora_model(kind, tokenizer)
@@ -122,7 +123,7 @@ def test_gguf_round_trips_through_transformers(kind, split, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model is untouched
 
     loaded, loaded_tok = load_gguf(f16)
-    assert type(loaded).__name__.lower().startswith(kind)
+    assert type(loaded).__name__.lower().startswith({"mistral": "llama"}.get(kind, kind))  # llama.cpp's graph
     assert not any("lora" in k for k in loaded.state_dict())
     torch.testing.assert_close(logits(loaded, ids), expected, atol=F16_ATOL, rtol=0)
     torch.testing.assert_close(logits(loaded, ids), logits(f16_rounded(model), ids), atol=EXACT_ATOL, rtol=0)
@@ -245,6 +246,25 @@ def test_modelfile_for_llama3_and_unknown_templates(tmp_path):
     text = write_modelfile(tmp_path / "m.gguf", tokenizer).read_text()
     assert "TEMPLATE" not in text.replace("# No TEMPLATE", "") and "# No TEMPLATE" in text
     assert 'PARAMETER stop "<|eot_id|>"' in text
+
+
+PHI3 = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def test_modelfile_for_phi3_and_not_for_phi4(tmp_path):
+    tokenizer = byte_level_bpe(specials=("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"))
+    tokenizer.chat_template = ("{% if messages[0]['role'] != 'system' %}<|system|>\nBe exact.<|end|>\n{% endif %}"
+                               + PHI3)
+    text = write_modelfile(tmp_path / "m.gguf", tokenizer).read_text()
+    assert "{{ if .System }}<|system|>\n{{ .System }}<|end|>" in text.replace("{{- if", "{{ if")
+    assert "<|{{ .Role }}|>\n{{ .Content }}" in text and "<|assistant|>\n{{ end }}" in text
+    for stop in ("<|end|>", "<|user|>", "<|assistant|>"):
+        assert f"PARAMETER stop {json.dumps(stop)}" in text
+    assert 'SYSTEM """Be exact."""' in text
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_sep|>{{ m['content'] }}"
+                               "<|im_end|>{% endfor %}")
+    assert "# No TEMPLATE" in write_modelfile(tmp_path / "m.gguf", tokenizer).read_text()
 
 
 def test_modelfile_takes_the_templates_default_system_prompt(tmp_path):

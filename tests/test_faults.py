@@ -125,46 +125,100 @@ def test_out_of_memory_in_the_update_retries_with_half_micro_batches(tmp_path):
     trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path, max_steps=2),
                           show_progress=False)
     sizes = []
-    real = trainer._optimizer_step
+    real = trainer.forward_backward
 
-    def flaky(batch, micro):
-        sizes.append([m.numel() for m in micro])
+    def flaky(index, counts, sums):
+        sizes.append(index.numel())
         if len(sizes) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(batch, micro)
+        return real(index, counts, sums)
 
-    trainer._optimizer_step = flaky
+    trainer.forward_backward = flaky
     trainer.train()
-    assert sizes[0] == [8] and sizes[1] == [4, 4]
+    assert sizes[:3] == [8, 4, 4]
     assert trainer.global_step == 2
 
     always = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path / "b", max_steps=2),
                          show_progress=False)
 
-    def oom(batch, micro):
+    def oom(*a):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    always._optimizer_step = oom
-    with pytest.raises(RlvrError, match="out of memory in the update even with half-size micro-batches"):
+    always.forward_backward = oom
+    with pytest.raises(RlvrError, match="step 1: out of memory in the update even with half-size micro-batches"):
         always.train()
 
 
-def test_out_of_memory_in_the_rollout_retries_with_half_sub_batches(tmp_path):
+def test_out_of_memory_in_the_update_discards_the_offloaded_activations(tmp_path):
+    """The failed forward's saved layer inputs must not stay in the offloader's slots."""
+    from rlvr.models.checkpointing import active_offloader
+    from rlvr.models.forward import completion_logprobs
+
+    tok = make_tokenizer()
+    trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(),
+                          args(tmp_path, max_steps=1, gradient_checkpointing="offload"), show_progress=False)
+    real = trainer.forward_backward
+    calls = []
+
+    def forward_then_oom(index, counts, sums):
+        calls.append(index.numel())
+        if len(calls) == 1:
+            mb = trainer.batch.rows(index)
+            completion_logprobs(trainer.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated), after the layers saved their inputs")
+        return real(index, counts, sums)
+
+    trainer.forward_backward = forward_then_oom
+    trainer.train()
+    offloader = active_offloader(trainer.model)
+    assert offloader is not None and offloader.slots == []
+
+
+def test_out_of_memory_in_the_rollout_retries_with_half_sub_batches(tmp_path, caplog):
     tok = make_tokenizer()
     trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path, max_steps=1),
                           show_progress=False)
-    real = trainer.engine.generate
+    real = trainer.engine._generate_chunk
     seen = []
 
-    def flaky(*a, **kw):
-        seen.append(trainer.engine.batch_size)
+    def flaky(rows, params):
+        seen.append(len(rows))
         if len(seen) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(*a, **kw)
+        return real(rows, params)
 
-    trainer.engine.generate = flaky
-    trainer.train()
-    assert seen == [64, 4]  # the round's 8 rows, halved
+    trainer.engine._generate_chunk = flaky
+    with caplog.at_level("WARNING", logger="rlvr"):
+        trainer.train()
+    assert seen == [8, 4, 4]  # the round's 8 rows, then halves
+    assert "retrying with sub-batches of 4 rows" in caplog.text
+
+
+def test_native_rollout_retry_halves_the_rows_its_kv_budget_allowed(tmp_path, caplog):
+    """The KV budget caps a sub-batch below half the round: the retry must halve that, not rerun it."""
+    from rlvr.rollout.native import NativeEngine
+
+    tok = make_tokenizer()
+    model = lora_model(tok)
+    engine = NativeEngine(model, tok, cuda_graphs=False)
+    real = engine._generate_batch
+    seen = []
+
+    def flaky(w, rows, params, gen):
+        seen.append(len(rows))
+        if len(seen) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(w, rows, params, gen)
+
+    engine._generate_batch = flaky
+    # 16 rows per round (per_device 8 × 2 steps); a KV budget of 4 rows per sub-batch, below half of 16.
+    engine._rows_per_batch = lambda w, params, longest, g, n: min(4, engine.batch_size or 4, n)
+    cfg = args(tmp_path, max_steps=1, steps_per_generation=2, gradient_accumulation_steps=2, max_completion_length=4)
+    trainer = GRPOTrainer(model, tok, [char_score], dataset(), cfg, engine=engine, show_progress=False)
+    with caplog.at_level("WARNING", logger="rlvr"):
+        trainer.train()
+    assert seen[:2] == [4, 2]
+    assert "retrying with sub-batches of 2 rows" in caplog.text
 
 
 SLOW_SAVE = """

@@ -39,7 +39,7 @@ def test_qlora_loads_nf4_and_trains(tmp_path):
     cfg = args(tmp_path, max_steps=2, optim="adamw_8bit", gradient_checkpointing="offload", bf16=True)
     # char_score varies within every group, so advantages (and the update) are never all zero.
     trainer = GRPOTrainer(model, tok, [char_score], dataset(), cfg, show_progress=False)
-    assert isinstance(trainer.optimizer, bnb.optim.AdamW8bit)
+    assert isinstance(trainer.update.optimizer, bnb.optim.AdamW8bit)
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result["loss"])) and result["grad_norm"] > 0
     after = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -117,6 +117,6 @@ def test_float16_grpo_end_to_end_on_cuda(tmp_path):
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     cfg = args(tmp_path, max_steps=3, optim="adamw_torch", rollout_backend="native", gradient_checkpointing=True)
     trainer = GRPOTrainer(model, tok, [count_a], dataset(), cfg, show_progress=False)
-    assert trainer.scaler is not None
+    assert trainer.update.scaler is not None
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result["loss"])) and result["amp/loss_scale"] > 0

@@ -101,12 +101,12 @@ def captured_grads(tmp_path, micro, ga):
                steps_per_generation=8 // micro)
     trainer = GRPOTrainer(model, tok, [char_score], dataset(), cfg, show_progress=False)
     grads = []
-    trainer.optimizer.step = lambda: grads.append(
+    trainer.update.optimizer.step = lambda: grads.append(
         [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad])
-    batch, _, _ = trainer.make_round(0)
+    trainer.batch, _, _ = trainer.make_round(0)
     # The same 8 completions in the same order, split 4 × 2 or 1 × 8.
     order = torch.arange(8)
-    trainer.optimizer_step(batch, [order[s:s + micro] for s in range(0, 8, micro)])
+    trainer.train_step([order[s:s + micro] for s in range(0, 8, micro)])
     return grads[0]
 
 
@@ -132,15 +132,15 @@ def test_resume_mid_round_matches_an_uninterrupted_run(tmp_path):
 
     first = lora_model(tok)
     trainer = GRPOTrainer(first, tok, [char_score], dataset(), args(tmp_path / "cut", **common), show_progress=False)
-    original = trainer.optimizer_step
+    original = trainer.train_step
 
     def stop_after_three(*a, **kw):
         out = original(*a, **kw)
-        if trainer.global_step + 1 == 3:
-            trainer._stop_requested = True  # what SIGINT does
+        if trainer.global_step == 3:
+            trainer.request_stop()  # what SIGINT does
         return out
 
-    trainer.optimizer_step = stop_after_three
+    trainer.train_step = stop_after_three
     result = trainer.train()
     assert result["interrupted"] and result["step"] == 3
     assert (tmp_path / "cut" / "run" / "checkpoints" / "step-000003" / "round.pt").is_file()

@@ -6,31 +6,37 @@ import pytest
 import torch
 from conftest import make_model
 
-from rlvr.grpo.logprobs import chunked_logprobs, naive_logprobs
 from rlvr.grpo.objective import StepShape, aggregate, per_token_loss
 from rlvr.models.forward import completion_logprobs
+from rlvr.models.logprobs import chunked_logprobs, naive_logprobs
 
 
+@pytest.mark.parametrize(("scale", "softcap"), [(1.0, None), (4.0, None), (1.0, 3.0), (2.0, 3.0)],
+                         ids=["plain", "granite-scale", "gemma-softcap", "both"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("chunk_elements", [50, 500, 10**9])  # one row per chunk, several, all at once
-def test_values_and_gradients_match_naive(temperature, chunk_elements):
+def test_values_and_gradients_match_naive(temperature, chunk_elements, scale, softcap):
     torch.manual_seed(0)
     h = torch.randn(37, 16, requires_grad=True)
     w = torch.randn(50, 16, requires_grad=True)
     b = torch.randn(50, requires_grad=True)
     t = torch.randint(0, 50, (37,))
     g = torch.randn(37)
-    ours, entropy = chunked_logprobs(h, w, t, temperature, bias=b, chunk_elements=chunk_elements, with_entropy=True)
+    ours, entropy = chunked_logprobs(h, w, t, temperature, bias=b, chunk_elements=chunk_elements, with_entropy=True,
+                                     scale=scale, softcap=softcap)
     (ours * g).sum().backward()
     grads = [x.grad.clone() for x in (h, w, b)]
     for x in (h, w, b):
         x.grad = None
-    ref = naive_logprobs(h, w, t, temperature, bias=b)
+    # The head's logits written out: ÷ scale, then cap · tanh(z / cap); autograd differentiates them.
+    z = (h @ w.t() + b) / scale
+    z = z if softcap is None else softcap * torch.tanh(z / softcap)
+    logp_all = torch.log_softmax(z / temperature, dim=-1)
+    ref = logp_all.gather(1, t[:, None]).squeeze(1)
     (ref * g).sum().backward()
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     for mine, theirs in zip(grads, (h.grad, w.grad, b.grad)):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
-    logp_all = torch.log_softmax((h @ w.t() + b) / temperature, dim=-1)
     torch.testing.assert_close(entropy, -(logp_all.exp() * logp_all).sum(-1), atol=1e-4, rtol=1e-4)
 
 

@@ -15,6 +15,7 @@ from rlvr.grpo.trainer import GRPOTrainer
 from rlvr.models.checkpointing import ActivationOffloader, enable_checkpointing
 from rlvr.models.forward import completion_logprobs
 from rlvr.models.loading import attach_lora
+from rlvr.train.core import prepare_model
 
 
 def _inputs(vocab: int, seed: int = 0):
@@ -83,16 +84,48 @@ def test_checkpointing_recomputes_in_backward():
     assert calls == {False: 1, True: 2}
 
 
+def _layer_calls(model, tok) -> int:
+    """How many times layer 0's MLP runs in one forward + backward (2 when checkpointed)."""
+    count = [0]
+    mlp = model.get_base_model().model.layers[0].mlp
+    handle = mlp.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    prompt, pm, completion, cm = _inputs(len(tok))
+    completion_logprobs(model, prompt, pm, completion, cm)[0].sum().backward()
+    handle.remove()
+    return count[0]
+
+
+def test_a_later_stage_changes_or_removes_checkpointing():
+    """The mode is the last one set: a second enable_checkpointing is not ignored."""
+    tok = make_tokenizer()
+    model = attach_lora(make_model("llama", vocab_size=len(tok)), 4, 8)
+    model.train()
+    enable_checkpointing(model, True)
+    assert _layer_calls(model, tok) == 2
+    enable_checkpointing(model, False)
+    assert _layer_calls(model, tok) == 1
+    offloader = enable_checkpointing(model, "offload")
+    prompt, pm, completion, cm = _inputs(len(tok))
+    logps, _ = completion_logprobs(model, prompt, pm, completion, cm)
+    assert len(offloader.slots) == 2  # the new mode's offloader holds both layers' inputs
+    logps.sum().backward()
+    assert offloader.slots == []
+    enable_checkpointing(model, True)
+    assert _layer_calls(model, tok) == 2
+
+
 def test_no_grad_passes_are_not_checkpointed():
     tok = make_tokenizer()
     model = attach_lora(make_model("llama", vocab_size=len(tok)), 4, 8)
     model.train()
-    enable_checkpointing(model, "offload")
-    offloader = enable_checkpointing(model, "offload")  # idempotent: layers are wrapped once
+    enable_checkpointing(model, True)
+    offloader = enable_checkpointing(model, "offload")  # replaces the first mode
     prompt, pm, completion, cm = _inputs(len(tok))
     with torch.no_grad():
         completion_logprobs(model, prompt, pm, completion, cm)
     assert offloader.slots == []
+    logps, _ = completion_logprobs(model, prompt, pm, completion, cm)  # the same offloader saves with grad
+    assert len(offloader.slots) == 2
 
 
 def test_offloader_loads_each_input_once():
@@ -139,9 +172,11 @@ def _step_params(tmp_path, loss_type, budget, checkpointing=False):
     grads = {}
     # Compare gradients, not updated weights: Adam's first step is lr·sign(g), which turns 1e-12
     # differences in near-zero gradients into ±lr.
-    trainer.optimizer.step = lambda: grads.update(
+    trainer.update.optimizer.step = lambda: grads.update(
         {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
-    metrics = trainer.optimizer_step(batch, micro)
+    prepare_model(trainer.model, cfg)
+    trainer.batch = batch
+    metrics = trainer.train_step(micro)
     return grads, metrics, batch, pieces
 
 
@@ -185,6 +220,24 @@ def test_token_budget_must_be_positive():
         GRPOConfig(micro_batch_token_budget=0).validate()
 
 
+def test_token_budget_counts_pieces_as_they_are_padded(tmp_path):
+    """A piece pads to its longest prompt plus its longest completion, not its longest row."""
+    from rlvr.grpo.round import RoundBatch
+
+    tok = make_tokenizer()
+    trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(),
+                          args(tmp_path, micro_batch_token_budget=20), show_progress=False)
+    # Row 0: prompt 8, completion 2; row 1: prompt 2, completion 8. Each is 10 long; together they pad to 16.
+    pm = torch.tensor([[1] * 8, [0] * 6 + [1] * 2])
+    cm = torch.tensor([[1] * 2 + [0] * 6, [1] * 8])
+    batch = RoundBatch(pm.clone(), pm, cm.clone(), cm, torch.zeros(2))
+    pieces = trainer.token_budget_pieces(batch, torch.arange(2))
+    for piece in pieces:
+        rows = batch.rows(piece)
+        assert piece.numel() == 1 or piece.numel() * (rows.prompt_ids.shape[1] + rows.completion_ids.shape[1]) <= 20
+    assert len(pieces) == 2
+
+
 # ---------------------------------------------------------------- float16
 
 
@@ -198,7 +251,7 @@ def test_float16_lora_trains_with_a_loss_scaler(tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     cfg = args(tmp_path, max_steps=3, learning_rate=1e-3, max_completion_length=8)
     trainer = GRPOTrainer(model, tok, [count_a], dataset(), cfg, show_progress=False)
-    assert trainer.scaler is not None
+    assert trainer.update.scaler is not None
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result["loss"]))
     assert result["amp/loss_scale"] > 0
@@ -217,23 +270,24 @@ def test_float16_full_fine_tuning_is_refused(tmp_path):
 def test_float32_model_has_no_scaler(tmp_path):
     tok = make_tokenizer()
     trainer = GRPOTrainer(lora_model(tok), tok, [count_a], dataset(), args(tmp_path), show_progress=False)
-    assert trainer.scaler is None
+    assert trainer.update.scaler is None
 
 
 def test_memory_estimate_counts_the_decode_copy_of_the_merge_scope():
     from rlvr.grpo.memory import estimate_memory
+    from rlvr.rollout import MemoryPlan
 
     tok = make_tokenizer()
     # Wide enough that the copies show at the estimate's 1 MiB resolution.
     model = attach_lora(make_model("llama", vocab_size=len(tok), hidden_size=1024, intermediate_size=2048), 4, 8)
     cfg = GRPOConfig(per_device_train_batch_size=8, num_generations=4)
-    copies = {scope: estimate_memory(model, cfg, 16, scope)["decode_copy"] for scope in (False, True, "all",
-                                                                                        "attention")}
+    copies = {merge: estimate_memory(model, cfg, 16, MemoryPlan(merge))["decode_copy"]
+              for merge in (False, True, "attention")}
     layer = model.get_base_model().model.layers[0]
     attention = sum(getattr(layer.self_attn, n).base_layer.weight.numel() for n in ("q_proj", "k_proj", "v_proj",
                                                                                     "o_proj"))
     expected = 2 * attention * 4 / 2**30  # two layers, fp32
-    assert copies[False] == 0 and copies[True] == copies["all"] > copies["attention"] > 0
+    assert copies[False] == 0 and copies[True] > copies["attention"] > 0
     assert copies["attention"] == pytest.approx(expected, abs=1e-3)
     with pytest.raises(RlvrError, match="rollout_merge_lora"):
         GRPOConfig(rollout_merge_lora="atention").validate()

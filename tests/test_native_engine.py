@@ -91,7 +91,7 @@ def _randomize_lora(model, seed: int, std: float = 0.3) -> None:
 def test_lora_adapter_is_applied_and_refreshed(kind, merge, tokenizer):
     model = attach_lora(_model(kind, tokenizer), rank=4, alpha=8)
     prompts = _prompts(tokenizer)
-    engine = make_engine("native", model, tokenizer, merge_lora=merge)
+    engine = make_engine("native", model, tokenizer, rollout_merge_lora=merge)
     assert isinstance(engine, NativeEngine) and engine.fallback is None
     hf = HFEngine(model, tokenizer)
     base = engine.generate(prompts, 1, GREEDY)  # B = 0: the base model
@@ -118,7 +118,7 @@ def test_logprobs_match_trainer(kind, temperature, merge, tokenizer):
     _randomize_lora(model, seed=3)
     prompts = _prompts(tokenizer)
     params = SamplingParams(max_new_tokens=12, temperature=temperature, top_p=0.9, top_k=20)
-    out = NativeEngine(model, tokenizer, merge_lora=merge).generate(prompts, 3, params, seed=0)
+    out = NativeEngine(model, tokenizer, rollout_merge_lora=merge).generate(prompts, 3, params, seed=0)
     ref, _ = completion_logprobs(model, out.prompt_ids, out.prompt_mask, out.completion_ids, out.completion_mask,
                                  temperature=temperature)
     assert out.logprobs.shape == out.completion_mask.shape
@@ -178,7 +178,7 @@ def test_unsupported_architecture_falls_back_to_hf(tokenizer, caplog):
     with caplog.at_level(logging.INFO, logger="rlvr"):
         engine = NativeEngine(model, tokenizer)
     assert engine.fallback is not None
-    assert any("using hf" in r.message for r in caplog.records)
+    assert any("transformers.generate instead" in r.message for r in caplog.records)
     out = engine.generate(_prompts(tokenizer), 1, GREEDY)
     _assert_same(out, HFEngine(model, tokenizer).generate(_prompts(tokenizer), 1, GREEDY))
     assert engine.last_stats["backend"] == "hf"
@@ -194,7 +194,7 @@ def test_cuda_graph_decode_matches_hf(kind, merge, tokenizer):
     _randomize_lora(model, seed=4)
     prompts = _prompts(tokenizer)
     _set_mid_eos(model, tokenizer, prompts)
-    engine = NativeEngine(model, tokenizer, sync_every=4, kv_bucket=64, merge_lora=merge)
+    engine = NativeEngine(model, tokenizer, sync_every=4, kv_bucket=64, rollout_merge_lora=merge)
     out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=80, do_sample=False))
     assert engine.last_stats["graphs"] and engine.last_stats["graphs_captured"] >= 2
     _assert_same(out, HFEngine(model, tokenizer).generate(prompts, 2, SamplingParams(max_new_tokens=80,

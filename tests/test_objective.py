@@ -8,6 +8,7 @@ import torch
 from rlvr.grpo.objective import (
     StepShape,
     aggregate,
+    clip_metric_share,
     clip_metrics,
     importance_log_weights,
     k3_kl,
@@ -141,3 +142,48 @@ def test_clip_metrics_count_only_the_clipping_side():
     m = clip_metrics(lw, torch.tensor([-1.0]), torch.ones(1, 4), 0.2, None)
     assert m["clip_ratio/low_mean"] == pytest.approx(0.25)
     assert m["clip_ratio/region_mean"] == pytest.approx(0.25)
+
+
+def _trl_clip_metrics(coef_1, advantages, mask, eps_low, eps_high):
+    """TRL 1.16 GRPOTrainer._compute_loss's clip_ratio metrics, copied verbatim (one process)."""
+    advantages = advantages.unsqueeze(1)
+
+    def global_masked_mean(x):
+        if x.shape[1] == 1:  # when importance_sampling_level == "sequence": one value per sequence
+            local_sum, local_count = x.sum(), torch.tensor(float(x.shape[0]), device=x.device)
+        else:
+            local_sum, local_count = (x * mask).sum(), mask.sum().float()
+        return (local_sum / local_count.clamp(min=1.0)).item()
+
+    is_low_clipped = (coef_1 < 1 - eps_low) & (advantages < 0)
+    is_high_clipped = (coef_1 > 1 + eps_high) & (advantages > 0)
+    is_region_clipped = is_low_clipped | is_high_clipped
+    return {"clip_ratio/low_mean": global_masked_mean(is_low_clipped.float()),
+            "clip_ratio/high_mean": global_masked_mean(is_high_clipped.float()),
+            "clip_ratio/region_mean": global_masked_mean(is_region_clipped.float())}
+
+
+def test_sequence_level_clip_metrics_count_sequences():
+    # GSPO: one weight per sequence. Row 0 (6 tokens) clips high, row 1 (1 token) clips low, row 2
+    # (1 token) does not clip: 1 of 3 sequences each side, not 6 of 8 / 1 of 8 tokens.
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    lw = torch.log(torch.tensor([[1.5], [0.5], [1.0]]))
+    m = clip_metrics(lw, torch.tensor([1.0, -1.0, 1.0]), mask, 0.2, None)
+    assert m == {"clip_ratio/low_mean": pytest.approx(1 / 3), "clip_ratio/high_mean": pytest.approx(1 / 3),
+                 "clip_ratio/region_mean": pytest.approx(2 / 3)}
+    shape = StepShape(num_sequences=12, num_tokens=40, num_micro_batches=4, max_completion_length=6)
+    assert clip_metric_share(lw, mask, shape) == pytest.approx(3 / 12)
+    assert clip_metric_share(torch.zeros(3, 6), mask, shape) == pytest.approx(8 / 40)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_clip_metrics_equal_trl_formula(level):
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        mask = (torch.rand(5, 7, generator=g) < 0.7).long()
+        mask[:, 0] = 1
+        lw = torch.randn(5, 7 if level == "token" else 1, generator=g) * 0.3
+        adv = torch.randn(5, generator=g)
+        ours = clip_metrics(lw, adv, mask, 0.2, 0.28)
+        trl = _trl_clip_metrics(torch.exp(lw), adv, mask, 0.2, 0.28)
+        assert ours == pytest.approx(trl, abs=1e-7)

@@ -19,6 +19,8 @@ from rlvr.data.templates import (
     IGNORE_INDEX,
     encode_prompt,
     encode_sft_example,
+    fit_prompt,
+    fit_prompts,
     has_chat_template,
     render_plain,
 )
@@ -31,6 +33,8 @@ __all__ = [
     "encode_prompt",
     "encode_sft_example",
     "extract_hash_answer",
+    "fit_prompt",
+    "fit_prompts",
     "format_completion",
     "has_chat_template",
     "load_records",

@@ -6,12 +6,15 @@ them, because a wrong column name is the most common first-run mistake with a ne
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from rlvr.data.gsm8k import extract_hash_answer
+from rlvr.data.answers import extract_hash_answer
 from rlvr.data.prompts import SYSTEM_PROMPT, to_conversation
 from rlvr.errors import RlvrError, nearest
+
+log = logging.getLogger("rlvr")
 
 AnswerFormat = Literal["raw", "gsm8k"]
 
@@ -31,10 +34,12 @@ def prepare_examples(
     where: str = "dataset",
     completion_column: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Examples `{"prompt": [messages], "answer": str, ...other columns}` from raw rows.
+    """Examples `{"prompt": [messages] | str, "answer": str, ...other columns}` from raw rows.
 
     The prompt column holds either the question text or a ready message list (kept as is, with
-    the system prompt put first when it has none). `answer_format="gsm8k"` takes the text after
+    the system prompt put first when it has none). A column named `prompt` is TRL's prompt and used
+    as TRL uses it: plain text stays plain text (no chat template, no system prompt; reward
+    functions get strings) and messages stay exactly as given. `answer_format="gsm8k"` takes the text after
     `####`. With `completion_column` set, its text is copied to `"completion"` (SFT data).
     `where` names the data in error messages.
     """
@@ -46,6 +51,10 @@ def prepare_examples(
     rows = list(records)
     if not rows:
         raise RlvrError(f"{where} has no rows; point `dataset` at a non-empty dataset")
+    if prompt_column not in rows[0] and "prompt" in rows[0]:
+        log.warning("%s has no column '%s' but a TRL-style 'prompt' column: using it as the prompt", where,
+                    prompt_column)
+        prompt_column = "prompt"
     _check_columns(rows[0], where, prompt_column=prompt_column, answer_column=answer_column)
     if completion_column is not None:
         _check_columns(rows[0], where, completion_column=completion_column)
@@ -81,12 +90,19 @@ def _cell(row: Mapping[str, Any], index: int, column: str, where: str) -> Any:
 
 def _to_messages(
     row: Mapping[str, Any], index: int, column: str, system_prompt: str | None, where: str
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any]] | str:
     value = _cell(row, index, column, where)
+    if column == "prompt" and (isinstance(value, str) or _is_conversation(value)):
+        return value if isinstance(value, str) else [dict(m) for m in value]  # TRL's prompt, as TRL uses it
     if isinstance(value, str):
+        if not value.strip():
+            raise RlvrError(f"{where} row {index}: column '{column}' is an empty question; fill in or drop that row")
         return to_conversation(value, system_prompt)
-    if isinstance(value, list) and value and all(_is_message(m) for m in value):
+    if _is_conversation(value):
         messages = [dict(m) for m in value]
+        if not any(str(m["content"]).strip() for m in messages if m["role"] == "user"):
+            raise RlvrError(f"{where} row {index}: column '{column}' has no user message with text; "
+                            "fill in or drop that row")
         if system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system_prompt})
         return messages
@@ -94,6 +110,10 @@ def _to_messages(
         f"{where} row {index}: column '{column}' holds {type(value).__name__}, not a question string "
         "or a list of {role, content} messages; set `prompt_column` to the question column"
     )
+
+
+def _is_conversation(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_is_message(m) for m in value)
 
 
 def _is_message(value: Any) -> bool:

@@ -8,6 +8,8 @@ commands never touch it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -95,17 +97,80 @@ def _load_local_file(path: Path):
         # `datasets` fails on an empty json file with a bare StopIteration and on a zero-row
         # parquet file with an arrow error; say what they mean instead.
         raise RlvrError(f"dataset file '{path}' has no rows; point `dataset` at a file with rows")
+    if builder != "parquet":
+        _check_utf8(path)
     import datasets
 
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        with _quiet_datasets_errors():
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # any parse failure becomes one actionable line
         if "corresponds to no data" in str(exc):  # a header-only csv, a jsonl of blank lines
             raise RlvrError(f"dataset file '{path}' has no rows; point `dataset` at a file with rows") from exc
+        bad_line = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else None
+        if bad_line is not None:
+            number, problem = bad_line
+            raise RlvrError(f"dataset file '{path}' line {number} is not valid JSON ({problem}); "
+                            "fix or delete that line (JSON Lines: one object per line)") from exc
         raise RlvrError(
             f"could not read dataset file '{path}' as {builder}: {_first_line(exc)}; "
             f"check that it is valid {path.suffix} data"
         ) from exc
+
+
+@contextlib.contextmanager
+def _quiet_datasets_errors():
+    """`datasets` logs a parse failure with its traceback before raising it; the exception is reported
+    here as one line, so the log record would only repeat it."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_utf8(path: Path, chunk_bytes: int = 1 << 20) -> None:
+    """Refuse a text file that is not UTF-8 (e.g. Latin-1), naming the line of the first bad byte."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines_before = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                line = lines_before + chunk.count(b"\n", 0, e.start) + 1
+                raise RlvrError(
+                    f"dataset file '{path}' is not UTF-8 (byte 0x{chunk[e.start]:02x} on line {line}); re-save "
+                    f"it as UTF-8, e.g. iconv -f latin1 -t utf-8 '{path}' > utf8{path.suffix}"
+                ) from None
+            lines_before += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise RlvrError(f"dataset file '{path}' is not UTF-8 (it ends inside a character); re-save it "
+                            "as UTF-8") from None
+
+
+def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(1-based line number, json's complaint) of the first line of a .jsonl file that is not a JSON
+    object, or None when every line is one (the failure was something else)."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                return number, f"{e.msg} at column {e.colno}"
+            if not isinstance(value, dict):
+                return number, f"a JSON {type(value).__name__}, not an object"
+    return None
 
 
 def _load_local_folder(path: Path, split: str):
@@ -115,6 +180,9 @@ def _load_local_folder(path: Path, split: str):
             f"dataset folder '{path}' holds no {'/'.join(FORMATS)} files; "
             "put the data files there or point `dataset` at a file"
         )
+    for file in files:
+        if FORMATS[file.suffix.lower()] != "parquet":
+            _check_utf8(file)
     import datasets
 
     try:

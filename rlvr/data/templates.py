@@ -8,8 +8,13 @@ A tokenizer without a chat template gets a plain "system\\n\\nuser\\n\\nAssistan
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from rlvr.errors import RlvrError
+
+log = logging.getLogger("rlvr")
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
 ASSISTANT_PREFIX = "Assistant:\n"  # generation prompt of the plain rendering
@@ -43,6 +48,63 @@ def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
     if has_chat_template(tokenizer):
         return _as_ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
     return list(tokenizer(render_plain(messages)).input_ids)
+
+
+def fit_prompt(tokenizer: Any, prompt: Prompt, max_length: int | None) -> tuple[list[int], int]:
+    """(ids, tokens cut) of a prompt within `max_length` tokens, cutting inside the question only.
+
+    A message list keeps its system prompt and the generation prompt whole; the last user message
+    loses tokens from its start (the question's ask is usually at its end) until the rendered prompt
+    fits. A plain string keeps its last `max_length` tokens. RlvrError when the rest of the prompt
+    alone leaves no room for a single token of the question.
+    """
+    ids = encode_prompt(tokenizer, prompt)
+    if max_length is None or len(ids) <= max_length:
+        return ids, 0
+    if isinstance(prompt, str):
+        return ids[-max_length:], len(ids) - max_length
+    messages = [dict(m) for m in prompt]
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if not users:
+        raise RlvrError(f"a prompt of {len(ids)} tokens has no user message to shorten to max_prompt_length "
+                        f"{max_length}; raise train.max_prompt_length")
+    question = users[-1]
+    question_ids = list(tokenizer(str(messages[question]["content"]), add_special_tokens=False).input_ids)
+    frame = len(encode_prompt(tokenizer, _with_content(messages, question, "")))
+    keep = max_length - frame
+    while keep >= 1:
+        text = tokenizer.decode(question_ids[-keep:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        ids = encode_prompt(tokenizer, _with_content(messages, question, text))
+        if len(ids) <= max_length:
+            return ids, len(question_ids) - keep
+        keep -= len(ids) - max_length  # tokens merged differently at the cut: drop the excess and retry
+    raise RlvrError(f"the system prompt and chat template take {frame} tokens, leaving no room for the question "
+                    f"within max_prompt_length {max_length}; raise train.max_prompt_length or shorten "
+                    "data.system_prompt")
+
+
+def fit_prompts(tokenizer: Any, prompts: Sequence[Prompt], max_length: int | None,
+                setting: str = "train.max_prompt_length") -> tuple[list[list[int]], list[int]]:
+    """`fit_prompt` over a dataset: (ids per prompt, tokens cut per prompt), and one warning line
+    saying how many prompts were cut, so nothing is shortened without a word."""
+    ids, cut = [], []
+    for row, prompt in enumerate(prompts):
+        try:
+            one, n = fit_prompt(tokenizer, prompt, max_length)
+        except RlvrError as e:
+            raise RlvrError(f"prompt of row {row}: {e}") from None
+        ids.append(one)
+        cut.append(n)
+    shortened = sum(n > 0 for n in cut)
+    if shortened:
+        log.warning("%d of %d prompts are longer than %s (%d tokens): their questions were cut from the start "
+                    "(%d tokens in all; system prompt and generation prompt kept); raise %s to keep them whole",
+                    shortened, len(cut), setting, max_length, sum(cut), setting)
+    return ids, cut
+
+
+def _with_content(messages: list[dict[str, Any]], index: int, content: str) -> list[dict[str, Any]]:
+    return [{**m, "content": content} if i == index else m for i, m in enumerate(messages)]
 
 
 def encode_sft_example(

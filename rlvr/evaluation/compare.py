@@ -153,7 +153,8 @@ def compare_stages(cfg: RunConfig, stages: Mapping[str, str], output_dir: str | 
 
 def evaluate_stages(cfg: RunConfig, specs: list[StageSpec], examples: list[dict] | None = None) -> dict[str, dict]:
     """{stage name: result}, every stage through run_eval with cfg's eval settings on `examples`."""
-    from rlvr.pipeline import build_datasets, run_eval
+    from rlvr.data.build import build_datasets
+    from rlvr.evaluation.run import run_eval
 
     if examples is None:
         _, examples = build_datasets(cfg)  # data first: a bad dataset fails before a model loads

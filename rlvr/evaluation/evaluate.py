@@ -8,9 +8,9 @@ Choices made here:
 - a sample is correct when the text of its last complete `<answer>…</answer>` equals the example's
   `answer` after `normalize_answer` (whitespace collapsed, commas dropped, a leading '$' and a
   trailing '.0' removed), so "1,000" and "$1000.0" both match "1000";
-- format is the strict layout `<reasoning>\\n…\\n</reasoning>\\n<answer>\\n…\\n</answer>` with at most
-  one newline after it, matched against the whole completion; soft format only asks for the two
-  tag pairs, in order, from the first character on (like the `soft_format` reward);
+- format and soft format are the rules of the `strict_format` and `soft_format` rewards (semantics
+  §9, `rlvr.rewards.gsm8k.format_patterns`): a completion has the format exactly when that reward
+  gives it 0.5;
 - prompts go to the engine in chunks of batch_size // num_samples problems, chunk i seeded with
   `seed + index of its first problem`, so a rerun with the same config reproduces every sample;
 - lengths count generated tokens up to and including EOS (the loss mask's length).
@@ -31,9 +31,11 @@ from rlvr.config import EvalConfig
 from rlvr.data.templates import encode_prompt
 from rlvr.errors import RlvrError
 from rlvr.evaluation.passk import pass_at_k, pass_at_k_interval
+from rlvr.rewards.gsm8k import format_patterns
+from rlvr.rewards.inputs import RewardLog, new_trainer_state, reward_inputs
 from rlvr.rewards.registry import resolve_rewards
 from rlvr.rewards.scoring import score_completions
-from rlvr.rewards.text import check_tag, extract_tag
+from rlvr.rewards.text import extract_tag
 from rlvr.rollout import HFEngine, SamplingParams
 from rlvr.train.run_dir import Progress
 
@@ -65,15 +67,6 @@ def is_correct(text: str, truth: Any, answer_tag: str = "answer") -> bool:
     """
     answer = extract_tag(text, answer_tag)
     return answer is not None and truth is not None and normalize_answer(answer) == normalize_answer(truth)
-
-
-def format_patterns(reasoning_tag: str = "reasoning", answer_tag: str = "answer") -> tuple[re.Pattern, re.Pattern]:
-    """(strict, soft) compiled patterns; use strict with `fullmatch` and soft with `match`."""
-    r = re.escape(check_tag(reasoning_tag, "reasoning_tag"))
-    a = re.escape(check_tag(answer_tag, "answer_tag"))
-    strict = re.compile(rf"<{r}>\n.*?\n</{r}>\n<{a}>\n.*?\n</{a}>\n?", re.DOTALL)
-    soft = re.compile(rf"<{r}>.*?</{r}>\s*<{a}>.*?</{a}>", re.DOTALL)
-    return strict, soft
 
 
 # ---------------------------------------------------------------- the evaluation
@@ -115,7 +108,7 @@ def evaluate(
 
     truths = [ex["answer"] for ex in examples for _ in range(n)]
     correct = [is_correct(t, truth, answer_tag) for t, truth in zip(texts, truths)]
-    strict_ok = [strict.fullmatch(t) is not None for t in texts]
+    strict_ok = [strict.match(t) is not None for t in texts]
     soft_ok = [soft.match(t) is not None for t in texts]
     mean_reward, per_function = _rewards(funcs, reward_weights, examples, n, texts, ids)
     return _json_safe({
@@ -175,11 +168,9 @@ def _generate(engine, prompt_ids: list[list[int]], cfg: EvalConfig, desc: str) -
 def _rewards(funcs, weights, examples, n: int, texts: list[str],
              ids: list[list[int]]) -> tuple[float | None, dict[str, float | None]]:
     """(mean weighted total, {function name: mean}) over every completion."""
-    prompts = [ex["prompt"] for ex in examples for _ in range(n)]
-    # A conversational prompt gets a conversational completion, as the trainer gives them.
-    completions = [t if isinstance(p, str) else [{"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]
-    keys = dict.fromkeys(k for ex in examples for k in ex if k != "prompt")
-    columns = {k: [ex.get(k) for ex in examples for _ in range(n)] for k in keys}
+    # The arguments training gives (a TrainerState at step 0, working log hooks whose output is dropped).
+    prompts, completions, columns = reward_inputs([ex for ex in examples for _ in range(n)], texts)
+    columns.update(trainer_state=new_trainer_state(), **RewardLog().hooks())
     scores = score_completions(funcs, prompts, completions, ids, columns, weights=weights,
                                reward_errors="raise", step=0)
     present = [v for v in scores.total.tolist() if not math.isnan(v)]

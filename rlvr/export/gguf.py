@@ -38,7 +38,8 @@ log = logging.getLogger("rlvr")
 # Types written here with gguf-py; every other one comes from llama.cpp's quantizer.
 NATIVE_TYPES = ("f16", "bf16", "q8_0")
 # model_type → llama.cpp architecture name (gguf.MODEL_ARCH_NAMES values)
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# Mistral is llama.cpp's llama graph (convert_hf_to_gguf.py writes it so; its sliding window is not stored).
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 EXTRA_HINT = 'pip install "rlvr[gguf]"'
 
 # Pre-tokenizer split patterns llama.cpp knows by name (llama-vocab.cpp), as HF tokenizer.json spells them.

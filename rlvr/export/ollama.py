@@ -1,8 +1,8 @@
 """An Ollama Modelfile beside a GGUF: `ollama create NAME -f Modelfile` then runs the exported model.
 
 Ollama prompts with a Go template of its own, not the Jinja chat template inside the GGUF, so the
-tokenizer's template is translated for the two families this covers (ChatML: Qwen, SmolLM2; and
-Llama 3). Both are written in Ollama's `.Messages` form, so multi-turn chats render as the Jinja
+tokenizer's template is translated for the families this covers (ChatML: Qwen, SmolLM2; Llama 3;
+Phi-3). Both are written in Ollama's `.Messages` form, so multi-turn chats render as the Jinja
 template renders them. Any other template gets no TEMPLATE line, and Ollama falls back to guessing
 one from the GGUF's tokenizer.chat_template (a comment in the file says so).
 """
@@ -45,12 +45,27 @@ LLAMA3_TEMPLATE = """{{- if .System }}<|start_header_id|>system<|end_header_id|>
 {{ end }}
 {{- end }}"""
 
+PHI3_TEMPLATE = """{{- if .System }}<|system|>
+{{ .System }}<|end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if ne .Role "system" }}<|{{ .Role }}|>
+{{ .Content }}{{ if not (and $last (eq .Role "assistant")) }}<|end|>
+{{ end }}
+{{- end }}
+{{- if and $last (ne .Role "assistant") }}<|assistant|>
+{{ end }}
+{{- end }}"""
+
 # family → (Go template, its stop strings, regex for the system block the Jinja template writes)
 FAMILIES = {
     "chatml": (CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"],
                re.compile(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", re.S)),
     "llama3": (LLAMA3_TEMPLATE, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
                re.compile(r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S)),
+    "phi3": (PHI3_TEMPLATE, ["<|end|>", "<|user|>", "<|assistant|>", "<|system|>"],
+             re.compile(r"<\|system\|>\n(.*?)<\|end\|>", re.S)),
 }
 
 
@@ -58,8 +73,12 @@ def template_family(chat_template: str | None) -> str | None:
     """'chatml', 'llama3' or None, from the markers the Jinja chat template writes."""
     if not isinstance(chat_template, str):
         return None
+    if "<|im_sep|>" in chat_template:  # Phi-4: ChatML markers without its newlines; no template of ours fits
+        return None
     if "<|im_start|>" in chat_template:
         return "chatml"
+    if "<|assistant|>" in chat_template and "<|end|>" in chat_template:
+        return "phi3"
     if "<|start_header_id|>" in chat_template:
         return "llama3"
     return None

@@ -202,6 +202,9 @@ def _check_run_dir(run_dir: Path) -> tuple[Path, Path]:
     if not run_dir.is_dir():
         raise RlvrError(f"run directory not found: {run_dir}; pass the output_dir of an rlvr train or sft run")
     final = run_dir / "final"
+    if not final.is_dir() and not any((run_dir / name).exists() for name in ("config.yaml", "run.json")):
+        raise RlvrError(f"{run_dir} is not a run directory (no config.yaml, run.json or final/); pass the "
+                        "output_dir of an rlvr train or sft run")
     if not final.is_dir():
         raise RlvrError(
             f"no trained model in {run_dir} (final/ missing): the run has not finished; let it finish, or "
@@ -234,16 +237,16 @@ def _run_config(run_dir: Path) -> RunConfig:
 
 
 def _load_final(final: Path, model_cfg: ModelConfig, adapter: bool):
-    from rlvr.models.loading import load_model, load_tokenizer, resolve_source
+    """The run's model in float32 on the CPU, with the attention implementation the run trained with."""
+    from rlvr.models.loading import load_causal_lm, load_model, load_tokenizer, resolve_source
 
     if adapter:
         return load_model(model_cfg.model_name_or_path, gguf_file=model_cfg.gguf_file, dtype="float32",
                           use_lora=False, adapter_path=str(final), device="cpu",
+                          attn_implementation=model_cfg.attn_implementation,
                           trust_remote_code=model_cfg.trust_remote_code)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32,
-                                                 trust_remote_code=model_cfg.trust_remote_code)
+    model = load_causal_lm(str(final), None, dtype=torch.float32, attn_implementation=model_cfg.attn_implementation,
+                           trust_remote_code=model_cfg.trust_remote_code)
     source, gguf = resolve_source(model_cfg.model_name_or_path, model_cfg.gguf_file)
     return model, load_tokenizer(source, gguf, model_cfg.trust_remote_code)
 

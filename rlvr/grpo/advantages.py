@@ -4,30 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from rlvr.rewards.scoring import nanstd
+
 EPS = 1e-4
-
-
-def _nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Bessel-corrected std ignoring NaN; NaN where fewer than two finite values."""
-    valid = ~torch.isnan(x)
-    n = valid.sum(dim=dim) if dim is not None else valid.sum()
-    mean = torch.nanmean(x, dim=dim, keepdim=dim is not None)
-    sq = torch.where(valid, (x - mean) ** 2, torch.zeros_like(x))
-    total = sq.sum(dim=dim) if dim is not None else sq.sum()
-    return torch.where(n > 1, (total / (n - 1).clamp(min=1)).sqrt(), torch.full_like(total, float("nan")))
-
-
-def combine_rewards(per_function: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """r_i = Σ_k w_k R_ik with NaN terms skipped; NaN where every function gave None.
-
-    per_function: [N, K]  → [N]
-    """
-    if weights is None:
-        weights = torch.ones(per_function.shape[1], dtype=per_function.dtype)
-    weighted = per_function * weights.to(per_function)
-    all_nan = torch.isnan(per_function).all(dim=1)
-    total = torch.nansum(weighted, dim=1)
-    return torch.where(all_nan, torch.full_like(total, float("nan")), total)
 
 
 def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group") -> torch.Tensor:
@@ -40,10 +19,10 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards:
     mean = torch.nanmean(grouped, dim=1, keepdim=True)
     centred = grouped - mean
     if scale_rewards == "group":
-        std = _nanstd(grouped, dim=1).unsqueeze(1)
+        std = nanstd(grouped, dim=1).unsqueeze(1)
         adv = centred / (std + EPS)
     elif scale_rewards == "batch":
-        adv = centred / (_nanstd(rewards) + EPS)
+        adv = centred / (nanstd(rewards) + EPS)
     elif scale_rewards == "none":
         adv = centred
     else:
@@ -63,7 +42,7 @@ def normalize_scale_rewards(value: str | bool) -> str:
 def reward_stats(rewards: torch.Tensor, num_generations: int) -> dict[str, float]:
     """reward, reward_std (mean of per-group stds, as TRL logs) and frac_reward_zero_std."""
     grouped = rewards.view(-1, num_generations)
-    group_std = _nanstd(grouped, dim=1)
+    group_std = nanstd(grouped, dim=1)
     # A group whose rewards are all equal (std 0, or undefined because ≤ 1 reward is known) teaches nothing.
     zero = torch.nan_to_num(group_std, nan=0.0) < 1e-8
     return {

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from rlvr.rollout.engine import MemoryPlan
+
 GIB = 2**30
 
 
@@ -19,9 +21,9 @@ def _param_bytes(params) -> int:
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def estimate_memory(model, args, prompt_length: int, merged_lora_copy: bool | str) -> dict[str, float]:
-    """GiB per component; `prompt_length` is the longest tokenized prompt. merged_lora_copy: the
-    native engine's merge scope ('all' or True, 'attention'), or False/None for none."""
+def estimate_memory(model, args, prompt_length: int, rollout: MemoryPlan) -> dict[str, float]:
+    """GiB per component; `prompt_length` is the longest tokenized prompt, `rollout` the engine's
+    memory plan (its resolved rollout_merge_lora: True, 'attention' or False)."""
     cfg = model.config
     layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
     heads = cfg.num_attention_heads
@@ -47,8 +49,8 @@ def estimate_memory(model, args, prompt_length: int, merged_lora_copy: bool | st
         "kv_cache": rows_round * seq * layers * 2 * kv_heads * head_dim * act_bytes / GIB,
         "decode_copy": 0.0,
     }
-    if merged_lora_copy:
-        only_attention = merged_lora_copy == "attention"
+    if rollout.rollout_merge_lora:
+        only_attention = rollout.rollout_merge_lora == "attention"
         adapted = [m.base_layer.weight for name, m in model.named_modules()
                    if hasattr(m, "lora_A") and hasattr(m, "base_layer")
                    and (not only_attention or name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS)]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 TIS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
@@ -114,6 +113,29 @@ class StepShape:
     max_completion_length: int
 
 
+def _grpo(masked: torch.Tensor, mask: torch.Tensor, step: StepShape, micro_batch_tokens: int | None) -> torch.Tensor:
+    per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1)  # each sequence's token mean, then over S
+    return per_seq.sum() / max(1, step.num_sequences)
+
+
+def _bnpo(masked: torch.Tensor, mask: torch.Tensor, step: StepShape, micro_batch_tokens: int | None) -> torch.Tensor:
+    tokens = mask.sum().clamp(min=1) if micro_batch_tokens is None else max(1, micro_batch_tokens)
+    return masked.sum() / tokens / max(1, step.num_micro_batches)  # token mean per micro-batch
+
+
+def _dr_grpo(masked: torch.Tensor, mask: torch.Tensor, step: StepShape, micro_batch_tokens: int | None) -> torch.Tensor:
+    return masked.sum() / max(1, step.num_sequences * step.max_completion_length)  # a constant normaliser
+
+
+def _dapo(masked: torch.Tensor, mask: torch.Tensor, step: StepShape, micro_batch_tokens: int | None) -> torch.Tensor:
+    return masked.sum() / max(1, step.num_tokens)  # token mean over S
+
+
+# loss_type → aggregation; the config's choices for train.loss_type are these keys.
+AGGREGATIONS = {"grpo": _grpo, "bnpo": _bnpo, "dr_grpo": _dr_grpo, "dapo": _dapo}
+LOSS_TYPES = tuple(AGGREGATIONS)
+
+
 def aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str, step: StepShape,
               micro_batch_tokens: int | None = None) -> torch.Tensor:
     """This micro-batch's share of the step loss; the shares of S sum to the step's loss.
@@ -123,35 +145,41 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str, step: Step
     micro-batch's tokens: when a micro-batch is run in pieces (a token budget), pass the whole
     micro-batch's count as micro_batch_tokens so the pieces add up to its loss.
     """
-    masked = loss * mask
-    if loss_type == "grpo":
-        per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1)
-        return per_seq.sum() / max(1, step.num_sequences)
-    if loss_type == "bnpo":
-        tokens = mask.sum().clamp(min=1) if micro_batch_tokens is None else max(1, micro_batch_tokens)
-        return masked.sum() / tokens / max(1, step.num_micro_batches)
-    if loss_type == "dr_grpo":
-        return masked.sum() / max(1, step.num_sequences * step.max_completion_length)
-    if loss_type == "dapo":
-        return masked.sum() / max(1, step.num_tokens)
-    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if loss_type not in AGGREGATIONS:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    return AGGREGATIONS[loss_type](loss * mask, mask, step, micro_batch_tokens)
 
 
 def clip_metrics(
-    log_weights: torch.Tensor,  # [B, T] or [B, 1]
+    log_weights: torch.Tensor,  # [B, T] (token level) or [B, 1] (sequence level, GSPO)
     advantages: torch.Tensor,  # [B]
     mask: torch.Tensor,  # [B, T]
     epsilon_low: float,
     epsilon_high: float | None,
 ) -> dict[str, float]:
-    """Share of active tokens whose ratio sat outside the trust region on the side that clips."""
+    """Share of weights outside the trust region on the side that clips, as TRL 1.16 counts it.
+
+    Token-level weights are averaged over active tokens; a sequence-level weight is one value per
+    sequence, so it is averaged over the B sequences (a long sequence counts once, not per token).
+    """
     eps_high = epsilon_low if epsilon_high is None else epsilon_high
-    w = torch.exp(log_weights).expand_as(mask)
+    w = torch.exp(log_weights)
     adv = advantages.unsqueeze(-1)
     low = ((w < 1 - epsilon_low) & (adv < 0)).float()
     high = ((w > 1 + eps_high) & (adv > 0)).float()
-    return {
-        "clip_ratio/low_mean": _masked_mean(low, mask).item(),
-        "clip_ratio/high_mean": _masked_mean(high, mask).item(),
-        "clip_ratio/region_mean": _masked_mean(torch.maximum(low, high), mask).item(),
-    }
+    region = torch.maximum(low, high)
+    per_sequence = log_weights.shape[-1] == 1 and mask.shape[-1] != 1
+
+    def mean(x: torch.Tensor) -> float:
+        return (x.mean() if per_sequence else _masked_mean(x.expand_as(mask), mask)).item()
+
+    return {"clip_ratio/low_mean": mean(low), "clip_ratio/high_mean": mean(high),
+            "clip_ratio/region_mean": mean(region)}
+
+
+def clip_metric_share(log_weights: torch.Tensor, mask: torch.Tensor, step: StepShape) -> float:
+    """This micro-batch's share of the step's clip metrics: its sequences' share at sequence level,
+    its tokens' share at token level (what `clip_metrics` averages over)."""
+    if log_weights.shape[-1] == 1 and mask.shape[-1] != 1:
+        return mask.shape[0] / max(1, step.num_sequences)
+    return mask.sum().item() / max(1, step.num_tokens)

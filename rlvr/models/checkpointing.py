@@ -33,22 +33,46 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def enable_checkpointing(model: torch.nn.Module, mode: bool | str) -> ActivationOffloader | None:
-    """Checkpoint every decoder layer of `model` (mode True or 'offload'); returns the offloader, if any.
+    """Checkpoint every decoder layer of `model` in `mode` (True, 'offload'), or stop (False); returns
+    the offloader, if any.
 
+    Each call sets the mode, replacing the previous one (a later stage can change or remove it).
     Applies only while the model is in train mode with gradients enabled: no-grad passes (old and
     reference log-probs, rollouts) run the layers as they are.
     """
-    if mode not in (True, "offload"):
-        return None
-    layers = decoder_layers(model)
+    if mode not in (False, True, "offload"):
+        raise ValueError(f"gradient checkpointing mode must be False, True or 'offload', got {mode!r}")
+    layers = decoder_layers(model) if mode else _checkpointed_layers(model)
     device = next(model.parameters()).device
     offloader = ActivationOffloader(device) if mode == "offload" else None
     for layer in layers:
-        if getattr(layer, "_rlvr_checkpointed", False):
-            continue
-        layer.forward = _checkpointed_forward(layer, layer.forward, offloader)
-        layer._rlvr_checkpointed = True
+        original = layer.__dict__.pop("_rlvr_original_forward", None)
+        if original is not None:
+            layer.forward = original
+            if original == type(layer).forward.__get__(layer):
+                del layer.forward  # the class's own forward again
+        if mode:
+            layer._rlvr_original_forward = layer.forward
+            layer.forward = _checkpointed_forward(layer, layer.forward, offloader)
+    base_causal_lm(model)._rlvr_offloader = offloader
     return offloader
+
+
+def _checkpointed_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    decoder = base_causal_lm(model).get_decoder()
+    return [m for m in getattr(decoder, "layers", []) if "_rlvr_original_forward" in m.__dict__]
+
+
+def active_offloader(model: torch.nn.Module) -> ActivationOffloader | None:
+    """The offloader of the model's current checkpointing mode ('offload'), else None."""
+    return getattr(base_causal_lm(model), "_rlvr_offloader", None)
+
+
+def discard_offloaded_activations(model: torch.nn.Module) -> None:
+    """Drop the layer inputs a failed forward left behind (e.g. after an out of memory)."""
+    offloader = active_offloader(model)
+    if offloader is not None:
+        offloader.discard()
 
 
 def _checkpointed_forward(layer: torch.nn.Module, forward: Callable, offloader: ActivationOffloader | None):

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import torch
 
-from rlvr.grpo.logprobs import DEFAULT_CHUNK_ELEMENTS, chunked_logprobs
+from rlvr.models.logprobs import DEFAULT_CHUNK_ELEMENTS, chunked_logprobs
 
 
 def base_causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     """The *ForCausalLM under a peft wrapper (LoRA layers stay injected in it)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def head_transform(lm: torch.nn.Module) -> dict:
+    """What the model does to lm_head's output before the softmax, as chunked_logprobs' keywords:
+    Granite divides by logits_scaling, Gemma 2/3 soft-cap with final_logit_softcapping."""
+    config = lm.config
+    return {"scale": float(getattr(config, "logits_scaling", None) or 1.0),
+            "softcap": getattr(config, "final_logit_softcapping", None)}
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -48,6 +56,7 @@ def completion_logprobs(
     logps, entropy = chunked_logprobs(
         hidden[active], head.weight, completion_ids[active], temperature,
         bias=getattr(head, "bias", None), chunk_elements=chunk_elements, with_entropy=with_entropy,
+        **head_transform(lm),
     )
     out = torch.zeros(completion_ids.shape, dtype=torch.float32, device=hidden.device)
     out = out.masked_scatter(active, logps)
@@ -71,5 +80,6 @@ def labelled_logprobs(
     active = targets != -100
     head = lm.get_output_embeddings()
     logps, _ = chunked_logprobs(hidden[:, :-1][active], head.weight, targets[active], 1.0,
-                                bias=getattr(head, "bias", None), chunk_elements=chunk_elements)
+                                bias=getattr(head, "bias", None), chunk_elements=chunk_elements,
+                                **head_transform(lm))
     return logps

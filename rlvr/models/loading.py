@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from rlvr.config import DEFAULT_LORA_TARGETS, ModelConfig
+from rlvr.config import ModelConfig
 from rlvr.errors import RlvrError
+from rlvr.models.adapter_checks import check_adapter_fits, warn_if_other_base
+from rlvr.models.lora_targets import adapted_modules, lora_targets
 
 log = logging.getLogger("rlvr")
 
@@ -57,6 +59,9 @@ def resolve_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str
         if not path.is_file():
             raise RlvrError(f"model file not found: {name_or_path}; check model.model_name_or_path")
         return str(path.parent), path.name
+    if path.is_file():
+        raise RlvrError(f"model.model_name_or_path {name_or_path} is a file, not a model; give the model's folder "
+                        "(with config.json and the weights), a .gguf file, or a hub id")
     if path.exists():
         if gguf_file and not (path / gguf_file).is_file():
             raise RlvrError(f"model.gguf_file {gguf_file!r} not found in {path}")
@@ -70,12 +75,17 @@ def resolve_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str
     return name_or_path, gguf_file
 
 
+_UNSUPPORTED_ATTN = "does not support an attention implementation"  # transformers' ValueError
+
+
 def _from_pretrained(loader, source: str, gguf_file: str | None, what: str, **kwargs):
     try:
         return loader.from_pretrained(source, gguf_file=gguf_file, **kwargs) if gguf_file else \
             loader.from_pretrained(source, **kwargs)
     except ValueError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if _UNSUPPORTED_ATTN in msg:
+            raise
         if gguf_file and ("not supported" in msg or "architecture" in msg.lower()):
             raise RlvrError(
                 f"{gguf_file}: transformers cannot load this GGUF ({msg}); use a Llama/Qwen/Mistral-family "
@@ -90,6 +100,22 @@ def _from_pretrained(loader, source: str, gguf_file: str | None, what: str, **kw
         ) from None
 
 
+def load_causal_lm(source: str, gguf_file: str | None = None, **kwargs):
+    """AutoModelForCausalLM.from_pretrained; an `attn_implementation` the model class does not support
+    (Gemma 2 and gpt-oss have no SDPA path) becomes 'eager', with one warning line."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return _from_pretrained(AutoModelForCausalLM, source, gguf_file, "model", **kwargs)
+    except ValueError as e:
+        if _UNSUPPORTED_ATTN not in str(e) or kwargs.get("attn_implementation") in (None, "eager"):
+            raise
+        log.warning("model.attn_implementation %r is not supported by %s; using 'eager' (set "
+                    "model.attn_implementation to choose)", kwargs["attn_implementation"], str(e).split()[0])
+        return _from_pretrained(AutoModelForCausalLM, source, gguf_file, "model",
+                                **{**kwargs, "attn_implementation": "eager"})
+
+
 def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -101,25 +127,19 @@ def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code:
     return tok
 
 
-def _present_targets(model: torch.nn.Module, wanted: list[str]) -> list[str]:
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [t for t in wanted if t in leaves]
-
-
 def attach_lora(model, rank: int = 16, alpha: int = 16, dropout: float = 0.0,
-                target_modules: list[str] | None = None):
+                target_modules: list[str] | str | None = None, seed: int | None = None):
+    """LoRA adapters on `target_modules`; `seed` seeds their initialisation (same seed, same adapter)."""
     from peft import LoraConfig, get_peft_model
 
-    wanted = list(target_modules or DEFAULT_LORA_TARGETS)
-    targets = _present_targets(model, wanted)
-    if not targets:
-        raise RlvrError(
-            f"none of the LoRA target modules {wanted} exist in this model; set model.lora_target_modules "
-            "to names of its Linear layers"
-        )
+    targets = lora_targets(model, target_modules)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                      task_type="CAUSAL_LM", bias="none")
-    return get_peft_model(model, cfg)
+    if seed is not None:
+        torch.manual_seed(seed)  # lora_A's kaiming init draws from the global generator
+    model = get_peft_model(model, cfg)
+    log.info("LoRA r%d on %s", rank, ", ".join(adapted_modules(model) or targets))
+    return model
 
 
 def load_model(
@@ -137,10 +157,10 @@ def load_model(
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    seed: int | None = None,
 ):
-    """Load (model, tokenizer); the model is on `device`, LoRA-wrapped unless use_lora=False."""
-    from transformers import AutoModelForCausalLM
-
+    """Load (model, tokenizer); the model is on `device`, LoRA-wrapped unless use_lora=False (a new
+    adapter initialised from `seed` when given)."""
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source, gguf = resolve_source(name_or_path, gguf_file)
@@ -150,7 +170,7 @@ def load_model(
         kwargs["quantization_config"] = _bnb_4bit_config(device, torch_dtype)
         kwargs["device_map"] = {"": device.index or 0}
     tokenizer = load_tokenizer(source, gguf, trust_remote_code)
-    model = _from_pretrained(AutoModelForCausalLM, source, gguf, "model", **kwargs)
+    model = load_causal_lm(source, gguf, **kwargs)
     if not load_in_4bit:
         model.to(device)
     if model.generation_config.pad_token_id is None:
@@ -162,16 +182,15 @@ def load_model(
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = attach_lora(model, lora_rank, lora_alpha, lora_dropout, target_modules)
+        model = attach_lora(model, lora_rank, lora_alpha, lora_dropout, target_modules, seed=seed)
     return model, tokenizer
 
 
 def load_adapter(model, adapter_path: str):
     from peft import PeftModel
 
-    if not (Path(adapter_path) / "adapter_config.json").is_file():
-        raise RlvrError(f"no LoRA adapter at {adapter_path} (adapter_config.json missing); point "
-                        "model.adapter_path at a folder saved by rlvr sft/train")
+    check_adapter_fits(model, adapter_path)  # other modules, sizes or rank: one line, not peft's traceback
+    warn_if_other_base(model, adapter_path)
     return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
 
 
@@ -186,10 +205,11 @@ def _bnb_4bit_config(device: torch.device, compute_dtype: torch.dtype):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-def load_model_from_config(cfg: ModelConfig, device: str | torch.device | None = None):
+def load_model_from_config(cfg: ModelConfig, device: str | torch.device | None = None, seed: int | None = None):
     return load_model(
         cfg.model_name_or_path, gguf_file=cfg.gguf_file, dtype=cfg.dtype, use_lora=cfg.use_lora,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target_modules, adapter_path=cfg.adapter_path, load_in_4bit=cfg.load_in_4bit,
         device=device, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
+        seed=seed,
     )

@@ -30,13 +30,14 @@ from rlvr.rewards.math import (
     proximity_score,
 )
 from rlvr.rewards.registry import available_rewards, resolve_rewards
-from rlvr.rewards.scoring import RewardScores, reward_name, score_completions
+from rlvr.rewards.scoring import RewardScores, combine_rewards, nanstd, reward_name, score_completions
 from rlvr.rewards.text import RewardFunc, completion_text, extract_tag
 
 __all__ = [
     "RewardFunc",
     "RewardScores",
     "available_rewards",
+    "combine_rewards",
     "completion_text",
     "correctness_reward",
     "extract_tag",
@@ -51,6 +52,7 @@ __all__ = [
     "make_strict_format_reward",
     "make_xml_count_reward",
     "math_verify_reward",
+    "nanstd",
     "numeric_proximity_reward",
     "parse_last_number",
     "proximity_score",

@@ -59,10 +59,25 @@ def make_int_reward(answer_tag: str = "answer") -> RewardFunc:
     return _named(int_, "int")
 
 
+def format_patterns(reasoning_tag: str = "reasoning", answer_tag: str = "answer") -> tuple[re.Pattern, re.Pattern]:
+    r"""(strict, soft): the §9 format rules for these tags, both used with `re.match` and DOTALL.
+
+    The one definition of "format" in rlvr: the rewards below and evaluation's format metrics use it.
+
+    >>> strict, soft = format_patterns()
+    >>> [bool(strict.match(t)) for t in ("<reasoning>\nr\n</reasoning>\n<answer>\n1\n</answer>\n",
+    ...                                   "<reasoning>\nr\n</reasoning>\n<answer>\n1\n</answer>")]
+    [True, False]
+    """
+    r, a = _escaped_tags(reasoning_tag, answer_tag)
+    strict = re.compile(rf"^<{r}>\n.*?\n</{r}>\n<{a}>\n.*?\n</{a}>\n$", re.DOTALL)
+    soft = re.compile(rf"<{r}>.*?</{r}>\s*<{a}>.*?</{a}>", re.DOTALL)
+    return strict, soft
+
+
 def make_strict_format_reward(reasoning_tag: str = "reasoning", answer_tag: str = "answer") -> RewardFunc:
     """Build the strict format reward: 0.5 when the whole completion has the §9 newline layout."""
-    r, a = _escaped_tags(reasoning_tag, answer_tag)
-    pattern = re.compile(rf"^<{r}>\n.*?\n</{r}>\n<{a}>\n.*?\n</{a}>\n$", re.DOTALL)
+    pattern, _ = format_patterns(reasoning_tag, answer_tag)
 
     def strict_format(prompts, completions, completion_ids=None, **columns) -> list[float | None]:
         r"""0.5 if the completion matches `^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$`.
@@ -79,8 +94,7 @@ def make_strict_format_reward(reasoning_tag: str = "reasoning", answer_tag: str 
 
 def make_soft_format_reward(reasoning_tag: str = "reasoning", answer_tag: str = "answer") -> RewardFunc:
     """Build the soft format reward: 0.5 when the completion starts with reasoning then answer tags."""
-    r, a = _escaped_tags(reasoning_tag, answer_tag)
-    pattern = re.compile(rf"<{r}>.*?</{r}>\s*<{a}>.*?</{a}>", re.DOTALL)
+    _, pattern = format_patterns(reasoning_tag, answer_tag)
 
     def soft_format(prompts, completions, completion_ids=None, **columns) -> list[float | None]:
         r"""0.5 if the completion matches `<reasoning>.*?</reasoning>\s*<answer>.*?</answer>` from its start.

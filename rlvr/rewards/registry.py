@@ -20,10 +20,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import rlvr.rewards.code as code_rewards
+import rlvr.rewards.gsm8k as gsm8k
+import rlvr.rewards.math as math_rewards
 from rlvr.errors import RlvrError, nearest
-from rlvr.rewards import code as code_rewards
-from rlvr.rewards import gsm8k
-from rlvr.rewards import math as math_rewards
 from rlvr.rewards.text import RewardFunc, check_tag, describe_error
 
 # name -> builder(reasoning_tag, answer_tag)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from rlvr.errors import RlvrError, nearest
-from rlvr.rewards.text import RewardFunc, describe_error, short_repr
+from rlvr.rewards.text import SHARED_ARGUMENTS, RewardFunc, describe_error, short_repr
 
 ERROR_MODES = ("raise", "skip")
 _RESERVED = ("prompts", "completions", "completion_ids")
@@ -60,8 +60,8 @@ def score_completions(
 ) -> RewardScores:
     """Score N completions with K reward functions and combine them with `weights` (default all 1).
 
-    `columns` holds one value per completion for each dataset column, plus `trainer_state`, which is
-    passed to every function as it is.
+    `columns` holds one value per completion for each dataset column, plus the SHARED_ARGUMENTS
+    (`trainer_state`, `log_extra`, `log_metric`; see rewards/inputs.py), passed to every call as they are.
 
     >>> from rlvr.rewards import correctness_reward, int_reward
     >>> s = score_completions([correctness_reward, int_reward], ["q", "q"], ["<answer>4</answer>", "5"],
@@ -84,7 +84,7 @@ def score_completions(
     for fn, name, outcome in zip(reward_funcs, names, outcomes):
         values, errors = _score_function(fn, name, outcome, batch, reward_errors, step)
         table.append(values)
-        metrics.update(_function_metrics(name, values, errors))
+        metrics.update(_function_metrics(name, torch.tensor(values, dtype=torch.float64), errors))
         # Functions that score failures 0.0 (the code sandbox) report why in `last_errors`.
         for reason, count in (getattr(fn, "last_errors", None) or {}).items():
             metrics[f"rewards/{name}/errors/{reason}"] = float(count)
@@ -92,7 +92,7 @@ def score_completions(
     per_function = torch.tensor(table, dtype=torch.float64).reshape(len(names), batch.n).T.contiguous()  # [N, K]
     return RewardScores(
         per_function=per_function.float(),
-        total=_weighted_total(per_function, w).float(),
+        total=combine_rewards(per_function, w).float(),
         names=names,
         metrics=metrics,
     )
@@ -135,21 +135,38 @@ def _weights(weights: Sequence[float] | None, names: list[str]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-def _weighted_total(per_function: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    # per_function: [N, K] float64; w: [K]. NaN terms are skipped; an all-NaN row stays NaN (§2).
-    total = torch.nansum(per_function * w, dim=1)  # [N]
-    all_missing = torch.isnan(per_function).all(dim=1)
-    return total.masked_fill(all_missing, math.nan)
+def combine_rewards(per_function: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """r_i = Σ_k w_k R_ik with NaN terms skipped; NaN where every function gave None (§2).
+
+    per_function: [N, K] → [N], in per_function's dtype; weights: [K] (default all 1).
+
+    >>> combine_rewards(torch.tensor([[1.0, 2.0], [float("nan"), 2.0]]), torch.tensor([0.5, 2.0])).tolist()
+    [4.5, 4.0]
+    """
+    if weights is None:
+        weights = torch.ones(per_function.shape[1], dtype=per_function.dtype)
+    total = torch.nansum(per_function * weights.to(per_function), dim=1)  # [N]
+    return total.masked_fill(torch.isnan(per_function).all(dim=1), math.nan)
 
 
-def _function_metrics(name: str, values: list[float], errors: int) -> dict[str, float]:
-    present = [v for v in values if not math.isnan(v)]
-    mean = sum(present) / len(present) if present else math.nan
-    # Bessel-corrected like the group std of §2 (and TRL's nanstd): undefined below two values.
-    std = math.nan
-    if len(present) > 1:
-        std = math.sqrt(sum((v - mean) ** 2 for v in present) / (len(present) - 1))
-    return {f"rewards/{name}/mean": mean, f"rewards/{name}/std": std, f"rewards/{name}/errors": float(errors)}
+def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Bessel-corrected std ignoring NaN (TRL's nanstd); NaN where fewer than two values are known.
+
+    >>> nanstd(torch.tensor([1.0, float("nan"), 3.0])).item(), nanstd(torch.tensor([[1.0, float("nan")]]), 1).tolist()
+    (1.4142135381698608, [nan])
+    """
+    valid = ~torch.isnan(x)
+    n = valid.sum(dim=dim) if dim is not None else valid.sum()
+    mean = torch.nanmean(x, dim=dim, keepdim=dim is not None)
+    sq = torch.where(valid, (x - mean) ** 2, torch.zeros_like(x))
+    total = sq.sum(dim=dim) if dim is not None else sq.sum()
+    return torch.where(n > 1, (total / (n - 1).clamp(min=1)).sqrt(), torch.full_like(total, math.nan))
+
+
+def _function_metrics(name: str, values: torch.Tensor, errors: int) -> dict[str, float]:
+    # values: [N] float64, NaN for None. The std is Bessel-corrected like the group std of §2.
+    return {f"rewards/{name}/mean": torch.nanmean(values).item(), f"rewards/{name}/std": nanstd(values).item(),
+            f"rewards/{name}/errors": float(errors)}
 
 
 class _Batch:
@@ -170,7 +187,7 @@ class _Batch:
         if self.base["completion_ids"] is not None:
             sized["completion_ids"] = self.base["completion_ids"]
         for key, values in sized.items():
-            if key == "trainer_state":
+            if key in SHARED_ARGUMENTS:
                 continue
             if not hasattr(values, "__len__") or len(values) != self.n:
                 got = f"{len(values)} values" if hasattr(values, "__len__") else f"a {type(values).__name__}"
@@ -185,7 +202,7 @@ class _Batch:
     def row(self, i: int) -> dict[str, Any]:
         # Slicing (not indexing) keeps every argument a length-1 list, or a [1, C] tensor.
         sliced = {k: (v if v is None else v[i : i + 1]) for k, v in self.base.items()}
-        cols = {k: (v if k == "trainer_state" else v[i : i + 1]) for k, v in self.columns.items()}
+        cols = {k: (v if k in SHARED_ARGUMENTS else v[i : i + 1]) for k, v in self.columns.items()}
         return {**sliced, **cols}
 
 

@@ -14,6 +14,9 @@ from rlvr.errors import RlvrError
 # it for `async def` functions (semantics §7).
 RewardFunc = Callable[..., list[float | None] | Awaitable[list[float | None]]]
 
+# Keyword arguments passed to every call as they are, not one value per completion (rewards/inputs.py).
+SHARED_ARGUMENTS = ("trainer_state", "log_extra", "log_metric")
+
 
 def completion_text(completion: Any) -> str:
     """The text of one completion: a plain string, or a conversational list of messages.
@@ -85,7 +88,7 @@ def check_tag(tag: str, field: str) -> str:
 def column(columns: dict[str, Any], name: str, reward: str) -> list[Any]:
     """The per-completion values of dataset column `name`, or a one-line RlvrError saying it is missing."""
     if name not in columns:
-        have = ", ".join(sorted(k for k in columns if k != "trainer_state")) or "none"
+        have = ", ".join(sorted(k for k in columns if k not in SHARED_ARGUMENTS)) or "none"
         raise RlvrError(
             f"reward '{reward}' needs a dataset column '{name}' (columns given: {have}); "
             "add or rename the column in the dataset config"

@@ -1,6 +1,6 @@
 """Rollout engines: the interface, the transformers.generate reference backend, and the factory."""
 
-from rlvr.rollout.engine import Rollout, RolloutEngine, SamplingParams
+from rlvr.rollout.engine import MemoryPlan, Rollout, RolloutEngine, SamplingParams
 from rlvr.rollout.hf import HFEngine
 
 
@@ -11,7 +11,8 @@ def resolve_backend(backend: str, model) -> str:
     return "native" if next(model.parameters()).is_cuda else "hf"
 
 
-def make_engine(backend: str, model, tokenizer, merge_lora: bool | None = None, **kwargs) -> RolloutEngine:
+def make_engine(backend: str, model, tokenizer, rollout_merge_lora: bool | str | None = None,
+                **kwargs) -> RolloutEngine:
     """The engine for `rollout_backend`; backends are picked here, not by branches in the trainer."""
     backend = resolve_backend(backend, model)
     if backend == "hf":
@@ -19,8 +20,8 @@ def make_engine(backend: str, model, tokenizer, merge_lora: bool | None = None, 
     if backend == "native":
         from rlvr.rollout.native import NativeEngine  # imported here: only this backend needs it
 
-        return NativeEngine(model, tokenizer, merge_lora=merge_lora, **kwargs)
+        return NativeEngine(model, tokenizer, rollout_merge_lora=rollout_merge_lora, **kwargs)
     raise ValueError(f"unknown rollout_backend {backend!r}")
 
 
-__all__ = ["HFEngine", "Rollout", "RolloutEngine", "SamplingParams", "make_engine", "resolve_backend"]
+__all__ = ["HFEngine", "MemoryPlan", "Rollout", "RolloutEngine", "SamplingParams", "make_engine", "resolve_backend"]

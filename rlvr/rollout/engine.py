@@ -1,7 +1,8 @@
 """The rollout engine interface: prompts in, G completions each out, with the loss mask.
 
 A backend turns a batch of tokenized prompts into completions. The trainer and the evaluator only
-see `RolloutEngine.generate` and `Rollout`, so a faster backend plugs in by config.
+see the `RolloutEngine` protocol (generate, memory_plan, reduce_batch) and `Rollout`, so a faster
+backend plugs in by config.
 """
 
 from __future__ import annotations
@@ -46,7 +47,27 @@ class Rollout:
         return self.completion_mask.sum(dim=1)
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a round's rollout holds besides the training weights (for the memory estimate).
+
+    rollout_merge_lora: the config's vocabulary, resolved: True when every LoRA-adapted matrix gets a
+    merged decode copy, 'attention' when only q/k/v/o do, False when adapters run as extra matmuls.
+    """
+
+    rollout_merge_lora: bool | str = False
+
+
 class RolloutEngine(Protocol):
+    """`backend_name` says which backend actually samples ('native' or 'hf': the native engine falls
+    back to hf for models it does not implement); `describe()` says it in one line, with the reason
+    for a fallback. Trainers record both (run.json `rollout_backend`)."""
+
+    backend_name: str
+
+    def describe(self) -> str:
+        ...
+
     def generate(
         self,
         prompt_ids: list[list[int]],
@@ -56,3 +77,19 @@ class RolloutEngine(Protocol):
     ) -> Rollout:
         """Sample `num_generations` completions for each prompt (token ids, no padding)."""
         ...
+
+    def memory_plan(self) -> MemoryPlan:
+        """What the rollout will hold besides the weights."""
+        ...
+
+    def reduce_batch(self) -> int | None:
+        """After an out of memory: halve the rows per sub-batch of the last generate; returns the new
+        size, or None when it was one row already."""
+        ...
+
+
+def halve_rows(rows_used: int | None) -> int | None:
+    """The sub-batch size after an out of memory at `rows_used` rows, or None at one row."""
+    if not rows_used or rows_used < 2:
+        return None
+    return rows_used // 2

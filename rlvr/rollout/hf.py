@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlvr.rollout.engine import Rollout, SamplingParams
+from rlvr.rollout.engine import MemoryPlan, Rollout, SamplingParams, halve_rows
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -65,29 +65,47 @@ def truncate_at_stop_strings(tokenizer, completion_ids: torch.Tensor, mask: torc
 class HFEngine:
     """Rollouts through `model.generate`, in sub-batches of at most `batch_size` rows."""
 
+    backend_name = "hf"
+
     def __init__(self, model, tokenizer, batch_size: int = 64):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.eos_ids = eos_token_ids(model, tokenizer)
+        self.rows_per_batch: int | None = None  # of the last generate
+
+    def memory_plan(self) -> MemoryPlan:
+        return MemoryPlan(rollout_merge_lora=False)
+
+    def reduce_batch(self) -> int | None:
+        rows = halve_rows(self.rows_per_batch)
+        if rows is not None:
+            self.batch_size = rows
+        return rows
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def describe(self) -> str:
+        return "hf (transformers.generate)"
+
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], num_generations: int, params: SamplingParams,
                  seed: int | None = None) -> Rollout:
         rows = [p for p in prompt_ids for _ in range(num_generations)]
+        self.rows_per_batch = min(self.batch_size, len(rows))
         was_training = self.model.training
         self.model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
         chunks = []
-        with torch.random.fork_rng(devices=devices):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for s in range(0, len(rows), self.batch_size):
-                chunks.append(self._generate_chunk(rows[s:s + self.batch_size], params))
-        if was_training:
-            self.model.train()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for s in range(0, len(rows), self.batch_size):
+                    chunks.append(self._generate_chunk(rows[s:s + self.batch_size], params))
+        finally:  # an out of memory must not leave the model in eval mode (no dropout, no checkpointing)
+            if was_training:
+                self.model.train()
         return self._assemble(rows, chunks, params)
 
     def _generate_chunk(self, rows: list[list[int]], params: SamplingParams) -> torch.Tensor:

@@ -102,6 +102,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
+        from rlvr.models.adapter_checks import check_adapter_fits
+
+        check_adapter_fits(model, model_dir)  # e.g. a changed lora_rank: one line, not a size-mismatch traceback
         set_peft_model_state_dict(model, load_file(str(model_dir / "adapter_model.safetensors")))
     else:
         from transformers import AutoModelForCausalLM

@@ -12,6 +12,8 @@ from rlvr.errors import RlvrError
 
 log = logging.getLogger("rlvr")
 
+EIGHT_BIT_OPTIMS = ("adamw_8bit", "paged_adamw_8bit")
+
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
@@ -19,17 +21,25 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def build_optimizer(params, optim: str, lr: float, betas: tuple[float, float], eps: float,
                     weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; the 8-bit variants need bitsandbytes and a CUDA device, else plain AdamW (said in the log)."""
+    """AdamW; the 8-bit variants need bitsandbytes and a CUDA device, else plain AdamW (with a warning)."""
     params = list(params)
-    if optim in ("adamw_8bit", "paged_adamw_8bit"):
-        on_cuda = any(p.is_cuda for p in params)
-        if on_cuda and importlib.util.find_spec("bitsandbytes") is not None:
-            import bitsandbytes as bnb
+    optim = resolve_optim(optim, any(p.is_cuda for p in params))
+    if optim in EIGHT_BIT_OPTIMS:
+        import bitsandbytes as bnb
 
-            cls = bnb.optim.PagedAdamW8bit if optim.startswith("paged") else bnb.optim.AdamW8bit
-            return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        log.info("optim %s needs bitsandbytes on CUDA; using adamw_torch instead", optim)
+        cls = bnb.optim.PagedAdamW8bit if optim.startswith("paged") else bnb.optim.AdamW8bit
+        return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def resolve_optim(optim: str, on_cuda: bool) -> str:
+    """The optimizer that will run: an 8-bit one needs bitsandbytes on CUDA, else adamw_torch, said in a warning."""
+    if optim in EIGHT_BIT_OPTIMS and not (on_cuda and importlib.util.find_spec("bitsandbytes") is not None):
+        need = "bitsandbytes (pip install bitsandbytes)" if on_cuda else "a CUDA GPU"
+        log.warning("train.optim %s needs %s; using adamw_torch instead (set optim: adamw_torch to silence this)",
+                    optim, need)
+        return "adamw_torch"
+    return optim
 
 
 def grad_scaler(model: torch.nn.Module, device: torch.device):

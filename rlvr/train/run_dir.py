@@ -119,6 +119,18 @@ def model_name(model) -> str | None:
     return getattr(config, "name_or_path", None) or getattr(config, "model_type", None)
 
 
+def run_details(model, engine=None) -> dict:
+    """What rlvr chose for the user, for run.json: the modules LoRA adapts and the rollout backend
+    that actually samples (with the reason when the native engine fell back to transformers.generate)."""
+    from rlvr.models.lora_targets import adapted_modules
+
+    details: dict = {"lora_target_modules": adapted_modules(model)}
+    if engine is not None:
+        details.update(rollout_backend=getattr(engine, "backend_name", None),
+                       rollout=engine.describe() if hasattr(engine, "describe") else None)
+    return details
+
+
 def _now() -> str:
     from datetime import datetime
 
@@ -130,14 +142,16 @@ class RunStatus:
     interrupted), rewritten atomically at the start and the end of a run."""
 
     def __init__(self, run_dir: str | Path, trainer: str, config: dict, model: str | None = None,
-                 total_steps: int | None = None, resumed_from_step: int | None = None):
+                 total_steps: int | None = None, resumed_from_step: int | None = None,
+                 details: dict | None = None):
         import socket
 
         self.path = Path(run_dir) / RUN_FILE
         self.record = {"status": "running", "trainer": trainer, "model": model, "started_at": _now(),
                        "ended_at": None, "step": resumed_from_step or 0, "total_steps": total_steps,
                        "resumed_from_step": resumed_from_step, "error": None, "pid": os.getpid(),
-                       "host": socket.gethostname(), "versions": library_versions(), "config": config}
+                       "host": socket.gethostname(), "versions": library_versions(), "config": config,
+                       **(details or {})}
         write_json_atomic(self.path, self.record)
 
     def end(self, status: str, step: int | None = None, error: str | None = None) -> None:

@@ -18,11 +18,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rlvr.rollout.engine import Rollout, SamplingParams
+from rlvr.config import ROLLOUT_MERGE_LORA
+from rlvr.models.forward import base_causal_lm
+from rlvr.rollout.engine import MemoryPlan, Rollout, SamplingParams, halve_rows
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
+from rlvr.rollout.native.families import without_long_windows
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
-from rlvr.rollout.native.weights import MERGE_SCOPES, ModelW, Unsupported, fuse_lora, merge_lora, read_weights
+from rlvr.rollout.native.weights import ModelW, Unsupported, fuse_lora, merge_lora, read_weights
 from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
 
 log = logging.getLogger("rlvr")
@@ -104,7 +107,7 @@ class NativeEngine:
     cache in multiples of this many slots, not the whole cache (one graph per multiple). compact:
     shrink the batch at a sync point when at least this fraction of it has finished (0 = never).
     batch_size: optional cap on rows per sub-batch (and the hf fallback's batch size).
-    merge_lora: fold LoRA into a per-round copy of the adapted matrices (q/k/v and gate/up stacked)
+    rollout_merge_lora: fold LoRA into a per-round copy of the adapted matrices (q/k/v and gate/up stacked)
     instead of running the adapters as extra matmuls: ~3× fewer kernels per token, at the memory of
     those matrices during the round; 'attention' merges only q/k/v/o (an eighth of the memory) and
     runs the MLP adapters fused; False runs every adapter as extra matmuls, those of q/k/v and of
@@ -116,7 +119,7 @@ class NativeEngine:
 
     def __init__(self, model, tokenizer, kv_budget_bytes: int | None = None, sync_every: int = 16,
                  cuda_graphs: bool = True, kv_bucket: int = 256, compact: float = 0.5,
-                 batch_size: int | None = None, merge_lora: bool | str | None = None,
+                 batch_size: int | None = None, rollout_merge_lora: bool | str | None = None,
                  compile: bool | None = None, attention: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.compile = compile
@@ -126,20 +129,34 @@ class NativeEngine:
         self._fns: tuple[DecodeFns, Callable] | None = None
         self.kv_budget_bytes, self.sync_every, self.cuda_graphs = kv_budget_bytes, sync_every, cuda_graphs
         self.kv_bucket, self.compact, self.batch_size = kv_bucket, compact, batch_size
-        if merge_lora not in (None, True, False, *MERGE_SCOPES):
-            raise ValueError(f"merge_lora must be True, False, None or one of {MERGE_SCOPES}, got {merge_lora!r}")
-        self.merge_lora = merge_lora
+        if rollout_merge_lora not in ROLLOUT_MERGE_LORA:
+            raise ValueError(f"rollout_merge_lora must be one of {ROLLOUT_MERGE_LORA}, got {rollout_merge_lora!r}")
+        self.rollout_merge_lora = rollout_merge_lora
+        self.rows_per_batch: int | None = None  # of the last generate
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.last_stats: dict = {}
         self.fallback: HFEngine | None = None
+        self.fallback_reason: str | None = None
         try:
             read_weights(model)
         except Unsupported as e:
             self._fall_back(str(e))
 
     def _fall_back(self, reason: str) -> None:
-        log.info("rollout_backend native: %s is not supported, using hf", reason)
+        """Switch to transformers.generate for good, with one warning line saying why."""
+        self.fallback_reason = reason
+        log.warning("rollout: the native engine does not implement %s (%s); sampling with transformers.generate "
+                    "instead (slower)", reason, type(base_causal_lm(self.model)).__name__)
         self.fallback = HFEngine(self.model, self.tokenizer, batch_size=self.batch_size or 64)
+
+    @property
+    def backend_name(self) -> str:
+        return "hf" if self.fallback is not None else "native"
+
+    def describe(self) -> str:
+        if self.fallback is not None:
+            return f"hf (transformers.generate; native engine fell back: {self.fallback_reason})"
+        return "native"
 
     @property
     def device(self) -> torch.device:
@@ -151,8 +168,22 @@ class NativeEngine:
         'attention' (q/k/v/o only), or None (adapters run as fused extra matmuls; default on CPU)."""
         if self.fallback is not None:
             return None
-        merge = self.merge_lora if self.merge_lora is not None else self.device.type == "cuda"
+        merge = self.rollout_merge_lora if self.rollout_merge_lora is not None else self.device.type == "cuda"
         return "all" if merge is True else (merge or None)
+
+    def memory_plan(self) -> MemoryPlan:
+        scope = self.merge_scope
+        return MemoryPlan(rollout_merge_lora=True if scope == "all" else (scope or False))
+
+    def reduce_batch(self) -> int | None:
+        """Half the rows the last generate ran per sub-batch (its KV budget may have capped them below
+        batch_size), as the new cap."""
+        if self.fallback is not None:
+            return self.fallback.reduce_batch()
+        rows = halve_rows(self.rows_per_batch)
+        if rows is not None:
+            self.batch_size = rows
+        return rows
 
     @property
     def merges_lora(self) -> bool:
@@ -209,6 +240,7 @@ class NativeEngine:
 
         rows = [p for p in prompt_ids for _ in range(num_generations)]
         per_batch = self._rows_per_batch(w, params, max(len(r) for r in rows), num_generations, len(rows))
+        self.rows_per_batch = per_batch
         toks, logps, lens = [], [], []
         for s in range(0, len(rows), per_batch):
             t, lp, n = self._generate_batch(w, rows[s:s + per_batch], params, gen)
@@ -264,6 +296,7 @@ class NativeEngine:
         ids, mask = left_pad(prompts, pad, dev)  # [n, P]
         b, (n, p), c = len(rows), ids.shape, params.max_new_tokens
         slots = _round_up(p + c, SLOT_ALIGN)
+        w = without_long_windows(w, slots)
         cos_t, sin_t = rope_tables(w, int(mask.sum(1).max()) + c + 1)
 
         # Zeros, not empty: masked slots get softmax weight 0, and 0 · NaN garbage would still be NaN.

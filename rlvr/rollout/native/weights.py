@@ -1,4 +1,4 @@
-"""Read a transformers Llama/Qwen2/Qwen3 model's weights for the native engine, without copying them.
+"""Read a transformers decoder's weights for the native engine, without copying them.
 
 `read_weights` walks the HF module tree (under a peft wrapper too) and returns references to the
 live parameters: the decode step reads exactly the tensors the optimizer updates. A LoRA-wrapped
@@ -15,12 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from rlvr.models.forward import base_causal_lm
-
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-# Rope types whose inverse frequencies are fixed (precomputed by HF in rotary_emb.inv_freq);
-# "dynamic" and "longrope" change with the sequence length and are left to hf.
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+from rlvr.rollout.native.moe import MoeW
 
 
 class Unsupported(Exception):
@@ -57,21 +52,44 @@ class FusedLoraW:
 
 @dataclass
 class LayerW:
-    input_norm: torch.Tensor  # [hidden]
+    input_norm: torch.Tensor | None  # [hidden]; None: attention reads the residual stream as is (OLMo 2)
     q: LinearW
     k: LinearW
     v: LinearW
     o: LinearW
-    post_norm: torch.Tensor  # [hidden]
-    gate: LinearW
-    up: LinearW
-    down: LinearW
+    post_norm: torch.Tensor | None  # [hidden], the norm before the MLP; None in OLMo 2
+    gate: LinearW | None  # None on a mixture-of-experts layer (`moe`)
+    up: LinearW | None
+    down: LinearW | None
     q_norm: torch.Tensor | None = None  # [head_dim], Qwen3: RMSNorm on each head
     k_norm: torch.Tensor | None = None
     qkv: LinearW | None = None  # q, k, v stacked [(H + 2·KV)·D, hidden], when merged copies exist
     gate_up: LinearW | None = None  # gate, up stacked [2·inter, hidden]
     qkv_lora: FusedLoraW | None = None  # q/k/v adapters fused (then q, k, v carry no loras of their own)
     gate_up_lora: FusedLoraW | None = None
+    # Family extras (families.py): norms of the attention and MLP outputs (Gemma 2/3, OLMo 2), the
+    # sliding window in tokens (None = full attention) and which rope table the layer uses (None = NoPE).
+    attn_out_norm: torch.Tensor | None = None
+    mlp_out_norm: torch.Tensor | None = None
+    window: int | None = None
+    rope: int | None = 0
+    moe: MoeW | None = None  # router and experts, in place of gate/up/down (moe.py)
+    sinks: torch.Tensor | None = None  # [H] gpt-oss: a per-head logit in every softmax, attending to nothing
+
+
+@dataclass(frozen=True)
+class ArchW:
+    """A family's scalars; the defaults are Llama's (families.py reads them from the config)."""
+
+    embed_scale: float = 1.0  # embeddings × this (Gemma: √hidden rounded to the model dtype; Granite)
+    residual_scale: float = 1.0  # each block's output × this before the residual add (Granite)
+    attn_scale: float | None = None  # softmax scale; None = head_dim ** -0.5
+    attn_softcap: float | None = None  # cap · tanh(scores / cap) before the mask (Gemma 2)
+    logit_softcap: float | None = None  # the same on the final logits (Gemma 2/3)
+    logit_scale: float = 1.0  # logits ÷ this (Granite)
+    act: str = "silu"  # silu | gelu_tanh
+    gemma_norm: bool = False  # RMSNorm scaled by (1 + w) in fp32 before the cast (norm weights hold 1 + w)
+    extra_ropes: tuple = ()  # ((inv_freq, attention_scaling), ...) of rope tables 1, 2, … (Gemma 3 local)
 
 
 @dataclass
@@ -86,6 +104,7 @@ class ModelW:
     eps: float
     inv_freq: torch.Tensor  # [head_dim / 2] fp32
     rope_scaling: float  # HF's attention_scaling, multiplies cos/sin (1 except yarn)
+    arch: ArchW = field(default_factory=ArchW)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -107,7 +126,9 @@ class ModelW:
         """Bytes one decode step reads from the weights (the embedding only via the tied head)."""
         n = self.lm_head.bytes() + sum(t.numel() * t.element_size() for t in (self.norm,))
         for layer in self.layers:
-            n += sum(lin.bytes() for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down))
+            n += sum(lin.bytes() for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down)
+                     if lin is not None)
+            n += layer.moe.active_bytes() if layer.moe is not None else 0  # the k experts a token uses
         return n
 
 
@@ -149,7 +170,7 @@ def merge_lora(w: ModelW, scope: str = "all") -> ModelW:
         attn, mlp = [layer.q, layer.k, layer.v], [layer.gate, layer.up]
         qkv = _stacked(attn) if any(lin.loras for lin in attn) else None
         merged = replace(layer, qkv=qkv, o=_merged(layer.o) if layer.o.loras else layer.o)
-        if scope == "all":
+        if scope == "all" and layer.moe is None:
             gate_up = _stacked(mlp) if any(lin.loras for lin in mlp) else None
             merged = replace(merged, gate_up=gate_up,
                              down=_merged(layer.down) if layer.down.loras else layer.down)
@@ -172,7 +193,7 @@ def _fuse_layer(layer: LayerW, attention: bool = True) -> LayerW:
         fused = _fused([layer.q, layer.k, layer.v])
         if fused is not None:
             layer = replace(layer, qkv_lora=fused, q=_base(layer.q), k=_base(layer.k), v=_base(layer.v))
-    if layer.gate_up is None:
+    if layer.gate_up is None and layer.moe is None:
         fused = _fused([layer.gate, layer.up])
         if fused is not None:
             layer = replace(layer, gate_up_lora=fused, gate=_base(layer.gate), up=_base(layer.up))
@@ -231,54 +252,9 @@ def _rms_weight(mod: torch.nn.Module, name: str) -> torch.Tensor:
     return mod.weight
 
 
-def check_config(config) -> None:
-    """Raise Unsupported unless the config is one this engine computes exactly like HF."""
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise Unsupported(f"model_type {config.model_type!r}")
-    if getattr(config, "hidden_act", "silu") != "silu":
-        raise Unsupported(f"hidden_act {config.hidden_act!r}")
-    if getattr(config, "use_sliding_window", False) or (
-        config.model_type == "mistral" and getattr(config, "sliding_window", None) is not None
-    ):
-        raise Unsupported("sliding-window attention")
-    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
-        raise Unsupported("layer types other than full attention")
-
-
 def read_weights(model: torch.nn.Module) -> ModelW:
-    """References to `model`'s live weights (a *ForCausalLM, possibly inside a peft PeftModel)."""
-    lm = base_causal_lm(model)
-    config = lm.config
-    check_config(config)
-    inner = lm.get_decoder()
-    rotary = getattr(inner, "rotary_emb", None)
-    rope_type = getattr(rotary, "rope_type", None)
-    if rotary is None or rope_type not in SUPPORTED_ROPE_TYPES:
-        raise Unsupported(f"rope type {rope_type!r}")
-    embed = inner.embed_tokens
-    if type(embed) is not torch.nn.Embedding:
-        raise Unsupported(f"embed_tokens is {type(embed).__name__}")
-    layers = []
-    for i, layer in enumerate(inner.layers):
-        attn, mlp = layer.self_attn, layer.mlp
-        p = f"layers.{i}"
-        q_norm = getattr(attn, "q_norm", None)
-        k_norm = getattr(attn, "k_norm", None)
-        layers.append(LayerW(
-            input_norm=_rms_weight(layer.input_layernorm, f"{p}.input_layernorm"),
-            q=_linear(attn.q_proj, f"{p}.q_proj"), k=_linear(attn.k_proj, f"{p}.k_proj"),
-            v=_linear(attn.v_proj, f"{p}.v_proj"), o=_linear(attn.o_proj, f"{p}.o_proj"),
-            post_norm=_rms_weight(layer.post_attention_layernorm, f"{p}.post_attention_layernorm"),
-            gate=_linear(mlp.gate_proj, f"{p}.gate_proj"), up=_linear(mlp.up_proj, f"{p}.up_proj"),
-            down=_linear(mlp.down_proj, f"{p}.down_proj"),
-            q_norm=None if q_norm is None else _rms_weight(q_norm, f"{p}.q_norm"),
-            k_norm=None if k_norm is None else _rms_weight(k_norm, f"{p}.k_norm"),
-        ))
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return ModelW(
-        embed=embed.weight, layers=layers, norm=_rms_weight(inner.norm, "norm"),
-        lm_head=_linear(lm.get_output_embeddings(), "lm_head"),
-        n_heads=config.num_attention_heads, n_kv_heads=config.num_key_value_heads, head_dim=head_dim,
-        eps=float(inner.norm.variance_epsilon), inv_freq=rotary.inv_freq.float(),
-        rope_scaling=float(getattr(rotary, "attention_scaling", 1.0)),
-    )
+    """References to `model`'s live weights (a *ForCausalLM, possibly inside a peft PeftModel); each
+    family's layout is read by families.py."""
+    from rlvr.rollout.native.families import read_model  # families.py builds on this module's types
+
+    return read_model(model)

@@ -1,0 +1,258 @@
+"""The run session every trainer shares: the run directory and its guard, run.json, metrics and
+samples JSONL, trackers, the progress bar, Ctrl-C / SIGTERM, atomic checkpoints and --resume.
+
+A trainer opens a session around its loop and reports each finished optimizer step to it; the
+session decides when to log, when to save and when to stop. What only one trainer knows (GRPO's
+round in progress, say) comes in through the trainer's `checkpoint_state` / `restore_checkpoint`.
+All writing into the run directory happens here (a data-parallel run writes from rank 0 only:
+`writes=False` on the others).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import signal
+from pathlib import Path
+from typing import Protocol
+
+from rlvr.errors import RlvrError
+from rlvr.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, save_trainable
+from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir
+from rlvr.train.trackers import open_tracker
+
+log = logging.getLogger("rlvr")
+
+# What a run leaves in its directory; config.yaml alone (written before training starts) is not a run.
+RUN_PRODUCTS = ("run.json", "metrics.jsonl", "samples.jsonl", "checkpoints", "final", "memory_estimate.json",
+                "tensorboard")
+
+# Settings that change what is logged, saved or how it is computed, never the numbers a step produces:
+# a resumed run may change these. max_steps / num_train_epochs may change to lengthen a run.
+NON_MATH_SETTINGS = frozenset({
+    "output_dir", "logging_steps", "save_steps", "save_total_limit", "resume_from_checkpoint", "report_to",
+    "log_completions", "completions_log_steps", "overwrite_output_dir", "max_steps", "num_train_epochs",
+    "gradient_checkpointing", "micro_batch_token_budget", "logprob_chunk_elements", "rollout_backend",
+    "rollout_merge_lora", "max_nonfinite_steps", "reward_errors", "attn_implementation", "trust_remote_code",
+})
+
+
+def run_products(run_dir: str | Path) -> list[str]:
+    run_dir = Path(run_dir)
+    return [name for name in RUN_PRODUCTS if (run_dir / name).exists()]
+
+
+def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds another run, unless resuming or overwriting.
+
+    Called before anything is loaded or written (the CLI calls it first; the session again)."""
+    found = run_products(output_dir)
+    if found and not resume and not overwrite:
+        raise RlvrError(f"output directory {output_dir} already holds a run ({', '.join(found)}); continue it "
+                        "with --resume, replace it with --overwrite, or pick another --output-dir")
+    path = Path(output_dir)
+    for folder in (path, *path.parents):  # the nearest existing folder on the path must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is" if folder == path else f"lies under {folder}, which is"
+                raise RlvrError(f"output directory {path} {where} an existing file, not a folder; choose "
+                                "another --output-dir")
+            break
+
+
+def check_run_start(args, resume: str | None = None, force: bool = False,
+                    model_config: dict | None = None) -> Path | None:
+    """Everything that can refuse a run before a model loads: the output directory (check_output_dir)
+    and, when resuming, the checkpoint and the settings that changed since it (the train section's, and
+    the model section's against the run's config.yaml when `model_config` is given). Returns the
+    checkpoint."""
+    resume = resume or args.resume_from_checkpoint
+    check_output_dir(args.output_dir, resume, getattr(args, "overwrite_output_dir", False))
+    if not resume:
+        return None
+    path = resolve_checkpoint(Path(args.output_dir), resume)
+    saved = json.loads((path / "trainer_state.json").read_text())
+    differences = math_differences(saved.get("config", {}), dataclasses.asdict(args))
+    run_config = Path(args.output_dir) / "config.yaml"
+    if model_config is not None and run_config.is_file():
+        import yaml
+
+        saved_model = (yaml.safe_load(run_config.read_text()) or {}).get("model") or {}
+        differences += math_differences(saved_model, model_config, prefix="model.")
+    if differences and not force:
+        raise RlvrError(f"--resume: the config changed since {path.name} in ways that change the math "
+                        f"({'; '.join(differences)}); restore them, or add --force to resume anyway")
+    if differences:
+        log.warning("resuming despite config changes: %s", "; ".join(differences))
+    return path
+
+
+def clear_run(run_dir: Path) -> None:
+    for name in RUN_PRODUCTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def math_differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: saved → new' for every setting the checkpoint recorded that changes the math of a step (a key it
+    did not record, e.g. from an older rlvr or a hand-made checkpoint, cannot be compared)."""
+    out = []
+    for key in sorted(saved):
+        if key in NON_MATH_SETTINGS or saved.get(key) == new.get(key):
+            continue
+        out.append(f"{prefix}{key}: {saved.get(key)!r} → {new.get(key)!r}")
+    return out
+
+
+class Checkpointed(Protocol):
+    """What a trainer adds to the session's checkpoints."""
+
+    def checkpoint_state(self) -> tuple[dict, dict]:
+        """(JSON-able state, {file name: object for torch.save}) of the trainer at this step."""
+        ...
+
+    def restore_checkpoint(self, state: dict, path: Path) -> None:
+        """Take back what checkpoint_state saved (files are read from `path`)."""
+        ...
+
+
+class RunSession:
+    """One training run's directory and bookkeeping; use as `with RunSession(...) as run:`."""
+
+    def __init__(self, trainer: Checkpointed, kind: str, args, model, update, total_steps: int,
+                 label: str, show_progress: bool | None = None, writes: bool = True, details: dict | None = None):
+        self.trainer, self.kind, self.args, self.model, self.update = trainer, kind, args, model, update
+        self.total_steps, self.label, self.show_progress, self.writes = total_steps, label, show_progress, writes
+        self.details = details  # what rlvr chose for the user (run_details), recorded in run.json
+        self.run_dir = Path(args.output_dir)
+        self.stop_requested = False
+        self.step = 0
+        self.last: dict = {}
+        self._closers: list = []
+        self._previous_handlers: dict = {}
+
+    # ------------------------------------------------------------------ start
+
+    def open(self, resume: str | None = None, force: bool = False) -> RunSession:
+        """Prepare (or check) the run directory, restore a checkpoint when resuming, open the writers.
+        Returns the step to continue from (0 for a new run) in `self.step`."""
+        a = self.args
+        checkpoint = check_run_start(a, resume, force)
+        if self.writes:
+            prepare_run_dir(self.run_dir)
+            if getattr(a, "overwrite_output_dir", False) and checkpoint is None:
+                clear_run(self.run_dir)
+        if checkpoint is not None:
+            self.step = self._resume(checkpoint)
+        config = dataclasses.asdict(a)
+        if self.writes:
+            self.tracker = open_tracker(a.report_to, self.run_dir, config)  # a missing package fails before any file
+            self.status = RunStatus(self.run_dir, self.kind, config, model_name(self.model), self.total_steps,
+                                    resumed_from_step=self.step or None, details=self.details)
+            self.metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl")
+            self.samples_log = JsonlWriter(self.run_dir / "samples.jsonl")
+            self._closers = [self.metrics_log.close, self.samples_log.close, self.tracker.close]
+        self.progress = Progress(self.total_steps, self.label, self.show_progress if self.writes else False,
+                                 initial=self.step)
+        self._catch_stop_signals()
+        return self
+
+    def _resume(self, path: Path) -> int:
+        state = load_checkpoint(path, self.model, self.update.optimizer, self.update.scheduler)
+        self.update.load_state_dict(state.get("update", state))
+        self.trainer.restore_checkpoint(state.get("trainer", {}), path)
+        log.info("resumed from %s at step %d", path, state["global_step"])
+        return state["global_step"]
+
+    def __enter__(self) -> RunSession:
+        return self
+
+    # ------------------------------------------------------------------ each step
+
+    def steps_left(self) -> bool:
+        return self.step < self.total_steps
+
+    def wants_more(self) -> bool:
+        """Steps left and no stop requested (a stop finishes the step under way, then saves)."""
+        return self.steps_left() and not self.stop_requested
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        if self.writes:
+            for s in samples:
+                self.samples_log.write({"step": step, **s})
+
+    def write_json(self, name: str, record: dict) -> None:
+        if self.writes:
+            (self.run_dir / name).write_text(json.dumps(record, indent=1))
+
+    def end_step(self, step: int, metrics: dict, info: str = "", can_save: bool = True) -> None:
+        """Step `step` (counted from 1) is done: log it, save when due or when stopping."""
+        self.step = step
+        self.last = {"step": step, **metrics}
+        if self.writes and (step % self.args.logging_steps == 0 or step == self.total_steps):
+            self.metrics_log.write(self.last)
+            self.tracker.log(self.last, step)
+        self.progress.update(1, info)
+        if self.stop_requested or step % self.args.save_steps == 0 or step == self.total_steps:
+            self.save()
+
+    def save(self) -> Path | None:
+        """checkpoints/step-N, atomically: weights, optimizer, schedule, RNG, the update's and the trainer's state."""
+        trainer_state, files = self.trainer.checkpoint_state()
+        state = {"global_step": self.step, "update": self.update.state_dict(), "trainer": trainer_state,
+                 "config": dataclasses.asdict(self.args)}
+        if not self.writes:
+            return None
+        return save_checkpoint(self.run_dir, self.step, self.model, self.update.optimizer, self.update.scheduler,
+                               state, keep=self.args.save_total_limit, extra=files)
+
+    # ------------------------------------------------------------------ end
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc is None and self.writes:
+                save_trainable(self.model, self.run_dir / "final")
+        except BaseException as e:
+            exc = e
+            raise
+        finally:
+            self.progress.close()
+            for close in self._closers:
+                close()
+            self._restore_signals()
+            if self.writes:
+                if exc is None:
+                    self.status.end("interrupted" if self.stop_requested else "finished", self.step)
+                else:
+                    self.status.end_on_exception(exc, self.step)
+
+    def result(self) -> dict:
+        return {**self.last, "step": self.step, "interrupted": self.stop_requested, "run_dir": str(self.run_dir)}
+
+    # ------------------------------------------------------------------ signals
+
+    def _catch_stop_signals(self) -> None:
+        """Ctrl-C and SIGTERM finish the current step and save, unless someone else handles them."""
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            try:
+                if signal.getsignal(sig) is default:
+                    self._previous_handlers[sig] = signal.signal(sig, self.request_stop)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+
+    def request_stop(self, *_) -> None:
+        log.warning("interrupt: finishing this step, saving a checkpoint, then stopping")
+        self.stop_requested = True
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+
+__all__ = ["RUN_PRODUCTS", "Checkpointed", "RunSession", "check_output_dir", "check_run_start", "math_differences"]
