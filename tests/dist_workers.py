@@ -2,7 +2,7 @@
 
 `python tests/dist_workers.py NAME ARGS...` joins the process group from the torchrun-style
 environment, runs NAME under rank_guard and, like the CLI, prints an RlvrError as one line on
-stderr and exits 2. `grpo_steps` is also called in-process by the tests as the one-process reference.
+stderr and exits 2. The trainer runs are also called in-process by the tests as the one-process references.
 """
 
 from __future__ import annotations
@@ -24,11 +24,7 @@ from rlvr.distributed.collectives import (
 )
 from rlvr.distributed.context import DistContext, agree_on_device_type, init_distributed, shutdown
 from rlvr.distributed.faults import rank_guard
-from rlvr.distributed.sharding import completion_slots, rank_micro_batches
 from rlvr.errors import RlvrError
-
-VOCAB, G, PROMPTS_PER_ROUND, MICRO = 32, 4, 2, 2  # a round: 8 completions, micro-batches of 2
-
 
 # ---------------------------------------------------------------------------- collectives
 
@@ -57,129 +53,121 @@ def collectives(ctx: DistContext, out: str) -> None:
     torch.save(res, Path(out) / f"rank{r}.pt")
 
 
-# ---------------------------------------------------------------------------- training steps
+# ---------------------------------------------------------------------------- the trainers under torchrun
 
 
-def make_policy(full_weights: bool):
-    from conftest import make_model
+class PromptSeededEngine:
+    """A rollout engine whose completions depend only on (prompt, copy index): the same round whatever
+    rank generates which group, so 1-rank and 2-rank runs train on identical rollouts."""
 
-    model = make_model("llama", vocab_size=VOCAB, seed=0)
-    if full_weights:
-        return model
-    from peft import LoraConfig, get_peft_model
+    def __init__(self, tokenizer):
+        self.pad, self.eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        self.vocab = len(tokenizer)
 
-    torch.manual_seed(1)
-    # init_lora_weights=False: B is random too, so A and B both get gradients from step 1.
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
+    def generate(self, prompt_ids, num_generations, params, seed=None):
+        from rlvr.rollout.engine import Rollout
+
+        rows = [(p, j) for p in prompt_ids for j in range(num_generations)]
+        width_p, width_c = max(len(p) for p in prompt_ids), params.max_new_tokens
+        out = {k: torch.zeros(len(rows), w, dtype=torch.long) for k, w in
+               (("pi", width_p), ("pm", width_p), ("ci", width_c), ("cm", width_c))}
+        is_eos = torch.zeros(len(rows), dtype=torch.bool)
+        for i, (p, j) in enumerate(rows):
+            g = torch.Generator().manual_seed(hash(tuple(p)) % 2**31 * 17 + j)
+            n = int(torch.randint(1, width_c + 1, (1,), generator=g))
+            tokens = torch.randint(4, self.vocab, (n,), generator=g)
+            if n < width_c:
+                tokens[-1], is_eos[i] = self.eos, True
+            out["pi"][i, width_p - len(p):], out["pm"][i, width_p - len(p):] = torch.tensor(p), 1
+            out["ci"][i, :n], out["cm"][i, :n] = tokens, 1
+        out["ci"][out["cm"] == 0] = self.pad
+        return Rollout(out["pi"], out["pm"], out["ci"], out["cm"], is_eos)
+
+    def memory_plan(self):
+        from rlvr.rollout.engine import MemoryPlan
+
+        return MemoryPlan()
+
+    def reduce_batch(self):
+        return None
 
 
-def make_round(round_index: int) -> dict:
-    """A round of 8 completions (2 prompts × G 4) with ragged lengths, fixed by the round index."""
-    from rlvr.grpo.advantages import group_advantages
-
-    g = torch.Generator().manual_seed(100 + round_index)
-    n, p, c = PROMPTS_PER_ROUND * G, 5, 6
-    prompt_ids = torch.randint(4, VOCAB, (PROMPTS_PER_ROUND, p), generator=g).repeat_interleave(G, 0)
-    prompt_mask = torch.ones(n, p, dtype=torch.long)
-    prompt_mask[:, :round_index % 2] = 0  # some left padding
-    completion_ids = torch.randint(4, VOCAB, (n, c), generator=g)
-    lengths = torch.randint(1, c + 1, (n,), generator=g)
-    completion_mask = (torch.arange(c) < lengths[:, None]).long()
-    rewards = torch.randint(0, 3, (n,), generator=g).float()
-    return dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                completion_mask=completion_mask, advantages=group_advantages(rewards, G, "group"))
+def char_score(prompts, completions, **kw):
+    return [float(sum(map(ord, c[0]["content"])) % 7) for c in completions]
 
 
-def grpo_steps(ctx: DistContext, full_weights: bool, loss_type: str, level: str, grad_accum: int, steps: int = 3,
-               save_dir: str | None = None, save_after: int | None = None, resume_dir: str | None = None,
-               checkpointing: bool = False):
-    """A GRPO loop over fixed rounds, data-parallel as the trainer runs it; returns the trainable state.
+def trainer_policy(full_weights: bool):
+    from conftest import make_model, make_tokenizer
 
-    A round's ℓ^old is computed by each rank for the completions it "generated" and gathered; the
-    round is shuffled and cut into micro-batches the same way at every world size; each step's
-    StepShape counts all of the step's micro-batches, and each rank trains on its share.
-    """
-    from rlvr.distributed.checkpoint import full_trainable_state, load_sharded_state, save_sharded_state
-    from rlvr.distributed.parallel import clip_grad_norm, parallelize, sync_gradients
-    from rlvr.grpo.objective import StepShape, aggregate, per_token_loss
-    from rlvr.models.checkpointing import enable_checkpointing
-    from rlvr.models.forward import completion_logprobs
+    from rlvr.models.loading import attach_lora
 
-    model = make_policy(full_weights)
-    model.train()
-    enable_checkpointing(model, checkpointing)
-    parallelize(model, ctx, full_weights=full_weights)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
-    start = 0
-    if resume_dir:
-        load_sharded_state(Path(resume_dir), model, optimizer, ctx)
-        start = int((Path(resume_dir) / "step").read_text())
-    per_step = grad_accum * ctx.world_size
-    micro_per_round = PROMPTS_PER_ROUND * G // MICRO
-    steps_per_round = micro_per_round // per_step
+    tok = make_tokenizer()
+    model = make_model("llama", vocab_size=len(tok), seed=0)
+    if not full_weights:
+        model = attach_lora(model, 4, 8, seed=1)
+    return model, tok
 
-    def logps(batch, rows):
-        return completion_logprobs(model, batch["prompt_ids"][rows], batch["prompt_mask"][rows],
-                                   batch["completion_ids"][rows], batch["completion_mask"][rows])[0]
 
-    for step in range(start, steps):
-        round_index, in_round = divmod(step, steps_per_round)
-        batch = make_round(round_index)
-        if in_round == 0 or step == start:
-            # ℓ^old at the round's start (the policy moves between its steps): each rank its own slots.
-            # (Resuming is tested at a round boundary; the trainer keeps a mid-round round's tensors.)
-            mine = torch.tensor(list(completion_slots(len(batch["advantages"]), ctx.world_size, ctx.rank)))
-            with torch.no_grad():
-                batch_old = gather_rows(logps(batch, mine), ctx)
-        perm = torch.randperm(len(batch["advantages"]), generator=torch.Generator().manual_seed(round_index))
-        micro = list(perm.split(MICRO))
-        step_micro = micro[in_round * per_step:(in_round + 1) * per_step]
-        masks = [batch["completion_mask"][m] for m in step_micro]
-        shape = StepShape(num_sequences=sum(len(m) for m in masks), num_tokens=int(sum(m.sum() for m in masks)),
-                          num_micro_batches=len(step_micro), max_completion_length=batch["completion_ids"].shape[1])
-        for rows in rank_micro_batches(step_micro, grad_accum, ctx.world_size, ctx.rank):
-            lp = logps(batch, rows)
-            out = per_token_loss(lp, batch_old[rows], batch["advantages"][rows], batch["completion_mask"][rows],
-                                 importance_sampling_level=level, epsilon_high=0.28)
-            aggregate(out.loss, batch["completion_mask"][rows], loss_type, shape).backward()
-        sync_gradients(model, ctx)
-        clip_grad_norm(params, 1.0, ctx)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if save_dir and step + 1 == save_after:
-            save_sharded_state(Path(save_dir), model, optimizer, ctx)
-            if ctx.is_main:
-                (Path(save_dir) / "step").write_text(str(step + 1))
+def grpo_trainer_run(ctx: DistContext, out_dir: str, grad_accum: int, full_weights: bool = False,
+                     resume: str | None = None, **settings) -> dict:
+    """3 GRPO steps (2 iterations per round, so ℓ^old differs from ℓ) through GRPOTrainer; the trainable state."""
+    from rlvr.config import GRPOConfig
+    from rlvr.distributed.checkpoint import full_trainable_state
+    from rlvr.grpo.trainer import GRPOTrainer
+
+    model, tok = trainer_policy(full_weights)
+    data = [{"prompt": [{"role": "user", "content": f"q{i}"}], "answer": str(i)} for i in range(16)]
+    cfg = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=4, gradient_accumulation_steps=grad_accum,
+                     num_generations=4, num_iterations=2, max_completion_length=6, max_steps=3, learning_rate=1e-2,
+                     lr_scheduler_type="constant", warmup_ratio=0.0, max_grad_norm=1.0, optim="adamw_torch",
+                     save_steps=1, save_total_limit=None, seed=5, **settings)
+    GRPOTrainer(model, tok, [char_score], data, cfg, engine=PromptSeededEngine(tok), show_progress=False).train(
+        resume_from_checkpoint=resume)
     return {k: v.detach().clone() for k, v in full_trainable_state(model).items()}
 
 
-LOSS_VARIANTS = [("grpo", "token"), ("bnpo", "token"), ("dr_grpo", "token"), ("dapo", "token"),
-                 ("dapo", "sequence")]  # the last is GSPO
+GRPO_VARIANTS = {"grpo": dict(loss_type="grpo"), "bnpo": dict(loss_type="bnpo"),
+                 "dr_grpo": dict(loss_type="dr_grpo"), "dapo": dict(loss_type="dapo", beta=0.05),
+                 "gspo": dict(loss_type="dapo", importance_sampling_level="sequence")}
 
 
-def training(ctx: DistContext, out: str) -> None:
-    """Everything the training tests compare, in one job (each rank imports transformers once):
+def sft_trainer_run(ctx: DistContext, out_dir: str, grad_accum: int) -> dict:
+    from rlvr.config import SFTConfig
+    from rlvr.distributed.checkpoint import full_trainable_state
+    from rlvr.sft.trainer import SFTTrainer
 
-    every loss type and GSPO with LoRA on 2 ranks × GA 1; full fine-tuning under FSDP2 (dapo),
-    writing a DCP checkpoint after step 2 of 3, then resumed from it on the same 2 ranks; FSDP2
-    with activation checkpointing (grpo); where FSDP2 put each parameter.
-    """
-    from torch.distributed.tensor import DTensor
+    model, tok = trainer_policy(False)
+    data = [{"prompt": [{"role": "user", "content": f"what is {i}+{i}?"}], "completion": f"it is {2 * i}"}
+            for i in range(16)]
+    cfg = SFTConfig(output_dir=out_dir, per_device_train_batch_size=2, gradient_accumulation_steps=grad_accum,
+                    max_steps=3, learning_rate=1e-2, warmup_ratio=0.0, seed=3, optim="adamw_torch")
+    SFTTrainer(model, tok, data, cfg, show_progress=False).train()
+    return {k: v.detach().clone() for k, v in full_trainable_state(model).items()}
 
-    from rlvr.distributed.parallel import parallelize
 
-    res = {f"lora/{lt}/{lv}": grpo_steps(ctx, False, lt, lv, grad_accum=1) for lt, lv in LOSS_VARIANTS}
-    ckpt = str(Path(out) / "ckpt")
-    res["fsdp"] = grpo_steps(ctx, True, "dapo", "token", grad_accum=1, save_dir=ckpt, save_after=2)
-    res["fsdp/resumed"] = grpo_steps(ctx, True, "dapo", "token", grad_accum=1, resume_dir=ckpt)
-    res["fsdp/checkpointing"] = grpo_steps(ctx, True, "grpo", "token", grad_accum=1, checkpointing=True)
-    model = make_policy(True)
-    res["mode"] = parallelize(model, ctx, full_weights=True)
-    res["sharded"] = {name: isinstance(p, DTensor) for name, p in model.named_parameters()}
+def trainers(ctx: DistContext, out: str) -> None:
+    """The trainers on 2 ranks × GA 1 (each rank imports transformers once for all of them): every GRPO
+    variant with LoRA, SFT, full fine-tuning under FSDP2 (also with activation checkpointing); then the
+    LoRA dapo run and the FSDP2 run resumed on these 2 ranks from their mid-round checkpoints of step 1."""
+    import shutil
+
+    from rlvr.distributed.collectives import barrier
+
+    root = Path(out)
+    res = {name: grpo_trainer_run(ctx, str(root / name), 1, **kw) for name, kw in GRPO_VARIANTS.items()}
+    res["sft"] = sft_trainer_run(ctx, str(root / "sft"), 1)
+    res["fsdp"] = grpo_trainer_run(ctx, str(root / "fsdp"), 1, full_weights=True)
+    res["fsdp/checkpointing"] = grpo_trainer_run(ctx, str(root / "fsdp-checkpointing"), 1, full_weights=True,
+                                                 gradient_checkpointing=True)
+    for name, full in (("dapo", False), ("fsdp", True)):
+        if ctx.is_main:
+            shutil.copytree(root / name, root / f"{name}-resumed-2")
+        barrier(ctx)
+        step1 = root / f"{name}-resumed-2" / "checkpoints" / "step-000001"
+        res[f"{name}/resumed"] = grpo_trainer_run(ctx, str(root / f"{name}-resumed-2"), 1, full_weights=full,
+                                                  resume=str(step1), **(GRPO_VARIANTS["dapo"] if not full else {}))
     if ctx.is_main:
-        torch.save(res, Path(out) / "training.pt")
+        torch.save(res, root / "trainers.pt")
 
 
 # ---------------------------------------------------------------------------- faults
@@ -202,8 +190,7 @@ def device_mix(ctx: DistContext) -> None:
     agree_on_device_type(ctx, "cpu" if ctx.rank == 0 else "cuda", tag="device-test")
 
 
-WORKERS = {"collectives": collectives, "training": training, "fail_on_rank": fail_on_rank,
-           "device_mix": device_mix}
+WORKERS = {"collectives": collectives, "trainers": trainers, "fail_on_rank": fail_on_rank, "device_mix": device_mix}
 
 
 def main() -> int:

@@ -6,7 +6,9 @@ one-process references run in this process through the same code with no process
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -150,19 +152,19 @@ def test_sharding_needs_a_layer_list():
 
 
 def test_dcp_round_trip_in_one_process(tmp_path):
-    from dist_workers import make_policy
+    from dist_workers import trainer_policy
 
     from rlvr.distributed.checkpoint import full_trainable_state, load_sharded_state, save_sharded_state
 
     ctx = DistContext()
-    model = make_policy(full_weights=False)
+    model, _ = trainer_policy(full_weights=False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     sum(p.sum() for p in model.parameters() if p.requires_grad).backward()
     opt.step()
     save_sharded_state(tmp_path, model, opt, ctx)
     saved = full_trainable_state(model)
     assert saved and all("lora_" in k for k in saved)  # frozen base weights are not written
-    fresh = make_policy(full_weights=False)
+    fresh, _ = trainer_policy(full_weights=False)
     with torch.no_grad():
         for p in fresh.parameters():
             if p.requires_grad:
@@ -201,53 +203,76 @@ def _assert_states_close(a: dict, b: dict, tol: float = 1e-5):
 
 
 @pytest.fixture(scope="module")
-def two_rank_training(tmp_path_factory):
-    """One 2-rank job (tests/dist_workers.py `training`) whose results the next tests check."""
-    out = tmp_path_factory.mktemp("training")
-    check_all_ok(launch_ranks("training", 2, str(out), timeout=600))
-    return out, torch.load(out / "training.pt")
+def two_ranks(tmp_path_factory):
+    """One 2-rank job (tests/dist_workers.py `trainers`) whose results the next tests check."""
+    out = tmp_path_factory.mktemp("trainers")
+    check_all_ok(launch_ranks("trainers", 2, str(out), timeout=900))
+    return out, torch.load(out / "trainers.pt")
 
 
-def test_two_ranks_equal_one_rank_with_accumulation_for_every_loss_type(two_rank_training):
-    """LoRA replicated on 2 ranks × GA 1 vs 1 process × GA 2: the same adapter after 3 steps."""
-    from dist_workers import LOSS_VARIANTS, grpo_steps, make_policy
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    """The same runs in this process, one rank with gradient accumulation 2 (the same global batch)."""
+    from dist_workers import GRPO_VARIANTS, grpo_trainer_run, sft_trainer_run
 
-    _, two = two_rank_training
-    start = {k: v.clone() for k, v in make_policy(False).state_dict().items() if "lora_" in k}
-    for loss_type, level in LOSS_VARIANTS:
-        one = grpo_steps(DistContext(), False, loss_type, level, grad_accum=2)
-        _assert_states_close(one, two[f"lora/{loss_type}/{level}"])
-        moved = max((one[k] - start[k]).abs().max().item() for k in one)
-        assert moved > 1e-3, f"{loss_type}/{level}: the adapter did not move"
-
-
-def test_fsdp2_full_weights_on_gloo_equal_one_rank_and_resume_on_1_or_2_ranks(two_rank_training):
-    """FSDP2 fully_shard per decoder layer works with gloo on the CPU (torch 2.13): 2 ranks × GA 1 equal
-    1 process × GA 2 after 3 steps; the DCP checkpoint written by 2 ranks after step 2 resumes on
-    1 rank and on 2 ranks to the same final weights."""
-    from dist_workers import grpo_steps
-
-    out, two = two_rank_training
-    one = grpo_steps(DistContext(), True, "dapo", "token", grad_accum=2)
-    _assert_states_close(one, two["fsdp"])
-    _assert_states_close(one, two["fsdp/resumed"])
-    resumed_on_one = grpo_steps(DistContext(), True, "dapo", "token", grad_accum=2, resume_dir=str(out / "ckpt"))
-    _assert_states_close(one, resumed_on_one)
+    out, ctx = tmp_path_factory.mktemp("one-rank"), DistContext()
+    res = {name: grpo_trainer_run(ctx, str(out / name), 2, **kw) for name, kw in GRPO_VARIANTS.items()}
+    res["sft"] = sft_trainer_run(ctx, str(out / "sft"), 2)
+    res["fsdp"] = grpo_trainer_run(ctx, str(out / "fsdp"), 2, full_weights=True)
+    return res
 
 
-def test_fsdp2_composes_with_activation_checkpointing(two_rank_training):
-    """rlvr's layer checkpointing recomputes inside FSDP2's unsharded backward: same weights as 1 rank."""
-    from dist_workers import grpo_steps
+@pytest.mark.parametrize("variant", ["grpo", "bnpo", "dr_grpo", "dapo", "gspo"])
+def test_grpo_on_two_ranks_equals_one_rank_with_accumulation(variant, two_ranks, one_rank):
+    """LoRA, 2 ranks × GA 1 vs 1 process × GA 2, 3 steps of 2 iterations per round: the same adapter,
+    for each loss type (dapo with β·KL) and GSPO."""
+    from dist_workers import trainer_policy
 
-    _, two = two_rank_training
-    one = grpo_steps(DistContext(), True, "grpo", "token", grad_accum=2)
-    _assert_states_close(one, two["fsdp/checkpointing"])
+    start = {k: v for k, v in trainer_policy(False)[0].state_dict().items() if "lora_" in k}
+    _, two = two_ranks
+    _assert_states_close(one_rank[variant], two[variant])
+    moved = max((one_rank[variant][k] - start[k]).abs().max().item() for k in start)
+    assert moved > 1e-3, "the adapter did not move"
 
 
-def test_fsdp2_shards_decoder_layers_only(two_rank_training):
-    _, res = two_rank_training
-    assert res["mode"] == "fsdp"
-    assert res["sharded"] and all(sharded == (".layers." in name) for name, sharded in res["sharded"].items())
+def test_sft_on_two_ranks_equals_one_rank_with_accumulation(two_ranks, one_rank):
+    _assert_states_close(one_rank["sft"], two_ranks[1]["sft"])
+
+
+def test_full_fine_tuning_under_fsdp2_on_gloo(two_ranks, one_rank):
+    """FSDP2 fully_shard per decoder layer works with gloo on the CPU (torch 2.13): the same weights as one
+    process, with and without activation checkpointing; its checkpoints are DCP shards."""
+    out, two = two_ranks
+    _assert_states_close(one_rank["fsdp"], two["fsdp"])
+    _assert_states_close(one_rank["fsdp"], two["fsdp/checkpointing"])
+    assert (out / "fsdp" / "checkpoints" / "step-000001" / "dcp" / ".metadata").is_file()
+    assert not (out / "fsdp" / "checkpoints" / "step-000001" / "model").exists()
+
+
+@pytest.mark.parametrize("name", ["dapo", "fsdp"])
+def test_two_rank_run_resumes_on_one_and_on_two_ranks(name, two_ranks, tmp_path):
+    """From the checkpoint after step 1 (inside a round: the round's tensors are in it) to step 3, on 2 ranks
+    and on 1 rank (GA 2): the uninterrupted run's final weights."""
+    import shutil
+
+    from dist_workers import GRPO_VARIANTS, grpo_trainer_run
+
+    out, two = two_ranks
+    _assert_states_close(two[name], two[f"{name}/resumed"])
+    shutil.copytree(out / name, tmp_path / name)
+    settings = GRPO_VARIANTS["dapo"] if name == "dapo" else {}
+    resumed = grpo_trainer_run(DistContext(), str(tmp_path / name), 2, full_weights=name == "fsdp",
+                               resume=str(tmp_path / name / "checkpoints" / "step-000001"), **settings)
+    _assert_states_close(two[name], resumed)
+
+
+def test_rank0_alone_writes_the_run_directory(two_ranks):
+    out, _ = two_ranks
+    run = json.loads((out / "dapo" / "run.json").read_text())
+    assert (run["status"], run["world_size"], len(run["devices"])) == ("finished", 2, 2)
+    assert [json.loads(line)["step"] for line in open(out / "dapo" / "metrics.jsonl")] == [1, 2, 3]
+    assert sorted(p.name for p in (out / "dapo" / "checkpoints").iterdir()) == [
+        "latest", "step-000001", "step-000002", "step-000003"]
 
 
 @pytest.mark.parametrize("how", ["raise", "kill"])
@@ -269,3 +294,34 @@ def test_mixed_device_types_are_refused_on_every_rank():
     for r in results:
         assert r.returncode == 2
         assert "ranks run on different device types (rank 0: cpu, rank 1: cuda)" in r.stderr.splitlines()[-1]
+
+
+def test_rlvr_train_nproc_2_runs_under_torchrun(tmp_path):
+    """`rlvr train CONFIG --nproc 2` execs torchrun; two ranks train a tiny model from a folder with the
+    transformers.generate rollout; rank 0 alone prints the result and writes the run directory."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import make_model, make_tokenizer
+    from dist_harness import ROOT
+
+    tok = make_tokenizer()
+    make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    config = {"model": {"model_name_or_path": str(tmp_path / "model"), "dtype": "float32", "lora_rank": 4},
+              "data": {"dataset": "builtin:arithmetic", "limit": 16, "eval_size": 4}, "rewards": ["gsm8k"],
+              "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "num_generations": 2,
+                        "per_device_train_batch_size": 2, "max_completion_length": 6, "rollout_backend": "hf",
+                        "optim": "adamw_torch", "save_steps": 1}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RLVR_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, "-m", "rlvr", "train", str(tmp_path / "run.yaml"), "--nproc", "2"],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in results] == [2]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (run["status"], run["world_size"]) == ("finished", 2)
+    assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert (tmp_path / "run" / "final" / "adapter_config.json").is_file()

@@ -72,6 +72,8 @@ def gather_rows(t: torch.Tensor, ctx: DistContext, pad_side: str = "right", pad_
     """
     if not ctx.is_distributed:
         return t
+    if t.dtype == torch.bool:  # not every backend reduces or gathers bool
+        return gather_rows(t.to(torch.uint8), ctx, pad_side, pad_value).bool()
     if pad_side not in ("left", "right"):
         raise ValueError(f"pad_side must be 'left' or 'right', got {pad_side!r}")
     shape = torch.tensor([t.shape[0], t.shape[1] if t.dim() == 2 else 1], device=ctx.device)
@@ -140,9 +142,16 @@ def reduce_metrics(metrics: Mapping[str, float], ctx: DistContext, ops: Mapping[
     """The metrics of the whole job, identical on every rank (see reduce_metric_values)."""
     if not ctx.is_distributed:
         return dict(metrics)
-    per_rank: list = [None] * ctx.world_size
-    dist.all_gather_object(per_rank, dict(metrics))
-    return reduce_metric_values(per_rank, ops or {})
+    return reduce_metric_values(gather_objects(dict(metrics), ctx), ops or {})
+
+
+def gather_objects(obj, ctx: DistContext) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    if not ctx.is_distributed:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(ctx: DistContext) -> None:
