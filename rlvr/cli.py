@@ -139,6 +139,8 @@ def cmd_sft(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun rank 0 evaluates; the others have nothing to do
+        return 0
     from rlvr.config import load_run_config
     from rlvr.evaluation import print_comparison, write_result
     from rlvr.pipeline import run_eval
