@@ -325,3 +325,27 @@ def test_rlvr_train_nproc_2_runs_under_torchrun(tmp_path):
     assert (run["status"], run["world_size"]) == ("finished", 2)
     assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
     assert (tmp_path / "run" / "final" / "adapter_config.json").is_file()
+
+
+def test_generation_batch_counts_the_world_size(monkeypatch):
+    from rlvr.config import GRPOConfig
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = GRPOConfig(per_device_train_batch_size=4, num_generations=8, gradient_accumulation_steps=3)
+    cfg.validate()  # 4 × 2 × 3 = 24 completions: 3 groups of 8, though 4 per rank is half a group
+    assert (cfg.resolved_generation_batch_size, cfg.resolved_steps_per_generation) == (24, 3)
+    explicit = GRPOConfig(per_device_train_batch_size=4, num_generations=4, generation_batch_size=16)
+    explicit.validate()
+    assert explicit.resolved_steps_per_generation == 2
+    with pytest.raises(RlvrError, match=r"generation_batch_size \(12\) is not a multiple of .*4 × 2 = 8"):
+        GRPOConfig(per_device_train_batch_size=4, num_generations=4, generation_batch_size=12).validate()
+
+
+def test_resume_check_compares_the_whole_jobs_accumulation():
+    from rlvr.train.session import math_differences, per_step_batch
+
+    two_ranks = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "steps_per_generation": 2}
+    one_rank = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "steps_per_generation": 4}
+    assert math_differences(per_step_batch(two_ranks, 2), per_step_batch(one_rank, 1)) == []
+    assert math_differences(per_step_batch(two_ranks, 2), per_step_batch(two_ranks, 1)) == [
+        "gradient_accumulation_steps: 2 → 1", "steps_per_generation: 4 → 2"]
