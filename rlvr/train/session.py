@@ -150,6 +150,7 @@ class RunSession:
         self.details = details  # what rlvr chose for the user (run_details), recorded in run.json
         self.run_dir = Path(args.output_dir)
         self.stop_requested = False
+        self._stop_signal = False  # seen by this rank; becomes stop_requested at the next step's end
         self.step = 0
         self.last: dict = {}
         self._closers: list = []
@@ -216,8 +217,9 @@ class RunSession:
     def end_step(self, step: int, metrics: dict, info: str = "", can_save: bool = True) -> None:
         """Step `step` (counted from 1) is done: log it, save when due or when stopping."""
         self.step = step
-        # A signal seen by one rank stops every rank after this same step.
-        self.stop_requested = any_rank(self.stop_requested, self.dist)
+        # A signal seen by one rank stops every rank after this same step (the flag the loop reads
+        # changes only here, on every rank alike).
+        self.stop_requested = any_rank(self.stop_requested or self._stop_signal, self.dist)
         self.last = {"step": step, **metrics}
         if self.writes and (step % self.args.logging_steps == 0 or step == self.total_steps):
             self.metrics_log.write(self.last)
@@ -273,7 +275,9 @@ class RunSession:
 
     def request_stop(self, *_) -> None:
         log.warning("interrupt: finishing this step, saving a checkpoint, then stopping")
-        self.stop_requested = True
+        self._stop_signal = True
+        if not self.dist.is_distributed:
+            self.stop_requested = True
 
     def _restore_signals(self) -> None:
         for sig, handler in self._previous_handlers.items():
