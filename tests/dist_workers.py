@@ -108,8 +108,15 @@ def trainer_policy(full_weights: bool):
     return model, tok
 
 
+def killed_at_round_2(prompts, completions, **kw):
+    """char_score, except that rank 1 is killed while scoring the round that starts after step 2."""
+    if kw["trainer_state"][0]["step"] == 2 and os.environ.get("RANK") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return char_score(prompts, completions)
+
+
 def grpo_trainer_run(ctx: DistContext, out_dir: str, grad_accum: int, full_weights: bool = False,
-                     resume: str | None = None, **settings) -> dict:
+                     resume: str | None = None, reward=None, **settings) -> dict:
     """3 GRPO steps (2 iterations per round, so ℓ^old differs from ℓ) through GRPOTrainer; the trainable state."""
     from rlvr.config import GRPOConfig
     from rlvr.distributed.checkpoint import full_trainable_state
@@ -121,8 +128,9 @@ def grpo_trainer_run(ctx: DistContext, out_dir: str, grad_accum: int, full_weigh
                      num_generations=4, num_iterations=2, max_completion_length=6, max_steps=3, learning_rate=1e-2,
                      lr_scheduler_type="constant", warmup_ratio=0.0, max_grad_norm=1.0, optim="adamw_torch",
                      save_steps=1, save_total_limit=None, seed=5, **settings)
-    GRPOTrainer(model, tok, [char_score], data, cfg, engine=PromptSeededEngine(tok), show_progress=False).train(
-        resume_from_checkpoint=resume)
+    trainer = GRPOTrainer(model, tok, [reward or char_score], data, cfg, engine=PromptSeededEngine(tok),
+                          show_progress=False)
+    trainer.train(resume_from_checkpoint=resume)
     return {k: v.detach().clone() for k, v in full_trainable_state(model).items()}
 
 
@@ -170,6 +178,11 @@ def trainers(ctx: DistContext, out: str) -> None:
         torch.save(res, root / "trainers.pt")
 
 
+def killed_mid_run(ctx: DistContext, out: str) -> None:
+    """The LoRA dapo run of `trainers`, with rank 1 killed during step 3's round."""
+    grpo_trainer_run(ctx, out, 1, reward=killed_at_round_2, **GRPO_VARIANTS["dapo"])
+
+
 # ---------------------------------------------------------------------------- faults
 
 
@@ -190,7 +203,8 @@ def device_mix(ctx: DistContext) -> None:
     agree_on_device_type(ctx, "cpu" if ctx.rank == 0 else "cuda", tag="device-test")
 
 
-WORKERS = {"collectives": collectives, "trainers": trainers, "fail_on_rank": fail_on_rank, "device_mix": device_mix}
+WORKERS = {"collectives": collectives, "trainers": trainers, "killed_mid_run": killed_mid_run,
+           "fail_on_rank": fail_on_rank, "device_mix": device_mix}
 
 
 def main() -> int:

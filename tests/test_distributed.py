@@ -266,6 +266,22 @@ def test_two_rank_run_resumes_on_one_and_on_two_ranks(name, two_ranks, tmp_path)
     _assert_states_close(two[name], resumed)
 
 
+def test_a_rank_killed_mid_run_stops_the_other_and_the_checkpoint_stays_loadable(two_ranks, tmp_path):
+    """Rank 1 is killed while scoring step 3's round: rank 0 exits 2 with one line naming rank 1; the
+    checkpoint of step 2 is `latest`, and resuming it (on 1 rank) ends where the uninterrupted run did."""
+    from dist_workers import GRPO_VARIANTS, grpo_trainer_run
+
+    run = tmp_path / "run"
+    survivor, killed = launch_ranks("killed_mid_run", 2, str(run), timeout=600, env={"RLVR_TEST_TIMEOUT": "60"})
+    assert killed.returncode == -9
+    assert survivor.returncode == 2, survivor.stderr[-2000:]
+    assert survivor.stderr.strip().splitlines()[-1].startswith("rank 0: rank 1 died or stopped answering")
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    resumed = grpo_trainer_run(DistContext(), str(run), 2, resume="latest", **GRPO_VARIANTS["dapo"])
+    _assert_states_close(two_ranks[1]["dapo"], resumed)
+
+
 def test_rank0_alone_writes_the_run_directory(two_ranks):
     out, _ = two_ranks
     run = json.loads((out / "dapo" / "run.json").read_text())
