@@ -110,7 +110,7 @@ def trainer_policy(full_weights: bool):
 
 def killed_at_round_2(prompts, completions, **kw):
     """char_score, except that rank 1 is killed while scoring the round that starts after step 2."""
-    if kw["trainer_state"][0]["step"] == 2 and os.environ.get("RANK") == "1":
+    if kw["trainer_state"].global_step == 2 and os.environ.get("RANK") == "1":
         os.kill(os.getpid(), signal.SIGKILL)
     return char_score(prompts, completions)
 

@@ -39,6 +39,7 @@ NON_MATH_SETTINGS = frozenset({
     "log_completions", "completions_log_steps", "overwrite_output_dir", "max_steps", "num_train_epochs",
     "gradient_checkpointing", "micro_batch_token_budget", "logprob_chunk_elements", "rollout_backend",
     "rollout_merge_lora", "max_nonfinite_steps", "reward_errors", "attn_implementation", "trust_remote_code",
+    "ddp_timeout",
 })
 
 
