@@ -93,17 +93,29 @@ def _run_training(args, train_cls, run, command: str) -> dict:
     if args.force and not args.resume:
         raise RlvrError(f"rlvr {command}: --force goes with --resume (continue despite changed settings); add "
                         "--resume or drop --force")
+    from rlvr.distributed import init_distributed, shutdown
+    from rlvr.distributed.faults import rank_guard
+
+    if args.nproc is not None:
+        from rlvr.distributed.launch import exec_torchrun
+
+        exec_torchrun(args.nproc, args.argv)  # does not return: torchrun runs this command on N processes
     cfg = _training_config(args, train_cls)
     if args.overwrite:
         cfg.train.overwrite_output_dir = True
     out = cfg.train.output_dir
-    check_run_start(cfg.train, args.resume, args.force, model_config=to_dict(cfg.model))
-    print(f"rlvr: run directory {out}; watch it with: rlvr dashboard {out}", file=sys.stderr, flush=True)
-    result = run(cfg, resume=args.resume, force=args.force)
-    if result.get("interrupted"):
+    # Under torchrun: join the job first (the model then loads on this rank's GPU).
+    dist = init_distributed(timeout_s=cfg.train.ddp_timeout)
+    with rank_guard(dist):
+        check_run_start(cfg.train, args.resume, args.force, model_config=to_dict(cfg.model))
+        if dist.is_main:
+            print(f"rlvr: run directory {out}; watch it with: rlvr dashboard {out}", file=sys.stderr, flush=True)
+        result = run(cfg, resume=args.resume, force=args.force)
+    shutdown(dist)
+    if result.get("interrupted") and dist.is_main:
         again = f"rlvr {command} {args.config} --output-dir {out} --resume"
         print(f"interrupted at step {result.get('step')}; resume with: {again}", file=sys.stderr)
-    return result
+    return {**result, "main": dist.is_main}
 
 
 def cmd_train(args) -> int:
@@ -111,7 +123,8 @@ def cmd_train(args) -> int:
     from rlvr.pipeline import run_grpo
 
     result = _run_training(args, GRPOConfig, run_grpo, "train")
-    print(json.dumps({k: result[k] for k in ("step", "reward", "run_dir") if k in result}))
+    if result["main"]:
+        print(json.dumps({k: result[k] for k in ("step", "reward", "run_dir") if k in result}))
     return 0
 
 
@@ -120,7 +133,8 @@ def cmd_sft(args) -> int:
     from rlvr.pipeline import run_sft
 
     result = _run_training(args, SFTConfig, run_sft, "sft")
-    print(json.dumps({k: result[k] for k in ("step", "loss", "run_dir") if k in result}))
+    if result["main"]:
+        print(json.dumps({k: result[k] for k in ("step", "loss", "run_dir") if k in result}))
     return 0
 
 
@@ -134,6 +148,8 @@ def cmd_preference(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun rank 0 evaluates; the others have nothing to do
+        return 0
     from rlvr.config import load_run_config
     from rlvr.evaluation import print_comparison, write_result
     from rlvr.pipeline import run_eval
@@ -221,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --resume: continue even though settings that change the math differ")
         t.add_argument("--overwrite", action="store_true",
                        help="start over in an output directory that already holds a run (its files are removed)")
+        t.add_argument("--nproc", type=int, metavar="N",
+                       help="run on N processes of this machine (one per GPU) through torchrun")
         t.set_defaults(func=func)
 
     e = sub.add_parser("eval", help="accuracy, format compliance, pass@k of a model (or several: --compare) "
@@ -262,13 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     _quiet_libraries()
     try:
         return args.func(args)
     except RlvrError as e:
-        print(f"rlvr: error: {e}", file=sys.stderr)
+        # Under torchrun every rank may print: say which one.
+        rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"rlvr: error: {rank}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rlvr: interrupted", file=sys.stderr)

@@ -152,6 +152,7 @@ class GRPOConfig:
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
     overwrite_output_dir: bool = False  # start over in an output_dir that holds a run (else refused)
     report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
+    ddp_timeout: int = 1800  # seconds a rank waits for the others in a collective before the job stops
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
@@ -166,15 +167,14 @@ class GRPOConfig:
                 "train.steps_per_generation and train.generation_batch_size are both set; "
                 "set only one (generation_batch_size = per_device_train_batch_size × steps_per_generation)"
             )
-        if self.generation_batch_size is not None and self.generation_batch_size % self.per_device_train_batch_size:
-            raise RlvrError(
-                f"train.generation_batch_size ({self.generation_batch_size}) must be a multiple of "
-                f"per_device_train_batch_size ({self.per_device_train_batch_size})"
-            )
+        if self.generation_batch_size is not None:
+            from rlvr.distributed.sharding import check_generation_batch
+
+            check_generation_batch(self.generation_batch_size, self.per_device_train_batch_size, self.world_size)
         gen = self.resolved_generation_batch_size
         if gen % self.num_generations:
             raise RlvrError(
-                f"train: the generation batch ({gen} completions = per_device_train_batch_size × "
+                f"train: the generation batch ({gen} completions = per_device_train_batch_size × world size × "
                 f"steps_per_generation) is not divisible by num_generations ({self.num_generations}); "
                 f"make per_device_train_batch_size a multiple of num_generations"
             )
@@ -199,15 +199,22 @@ class GRPOConfig:
             raise RlvrError(f"train.delta must be > 1 (it caps the unclipped ratio), got {self.delta}")
 
     @property
+    def world_size(self) -> int:
+        """Processes of the job (torchrun's WORLD_SIZE; 1 without torchrun): part of the batch arithmetic."""
+        from rlvr.distributed.context import env_world_size
+
+        return env_world_size()
+
+    @property
     def resolved_steps_per_generation(self) -> int:
         if self.generation_batch_size is not None:
-            return self.generation_batch_size // self.per_device_train_batch_size
+            return self.generation_batch_size // (self.per_device_train_batch_size * self.world_size)
         return self.steps_per_generation or self.gradient_accumulation_steps
 
     @property
     def resolved_generation_batch_size(self) -> int:
-        # Single process: world_size is 1.
-        return self.per_device_train_batch_size * self.resolved_steps_per_generation
+        """per_device_train_batch_size × world_size × steps_per_generation (semantics §1)."""
+        return self.per_device_train_batch_size * self.world_size * self.resolved_steps_per_generation
 
 
 @dataclass
@@ -239,6 +246,7 @@ class SFTConfig:
     resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
     overwrite_output_dir: bool = False  # start over in an output_dir that holds a run (else refused)
     report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
+    ddp_timeout: int = 1800  # seconds a rank waits for the others in a collective before the job stops
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
@@ -254,7 +262,7 @@ def _validate_update(args) -> None:
     _choice("train.optim", args.optim, OPTIMIZERS)
     _choice("train.lr_scheduler_type", args.lr_scheduler_type, LR_SCHEDULERS)
     args.gradient_checkpointing = _checkpoint_mode(args.gradient_checkpointing)
-    for name in ("max_nonfinite_steps", "save_steps", "logging_steps"):
+    for name in ("max_nonfinite_steps", "save_steps", "logging_steps", "ddp_timeout"):
         if getattr(args, name) < 1:
             raise RlvrError(f"train.{name} must be > 0, got {getattr(args, name)}")
 

@@ -26,6 +26,8 @@ __all__ = ["BUILTIN_TASKS", "DEFAULT_BUILTIN_TRAIN", "build_datasets", "run_eval
 
 def write_config(cfg: RunConfig, run_dir: str | Path) -> None:
     """The whole resolved config, so a run can be exported or repeated from its folder alone."""
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone writes into the run directory
+        return
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from rlvr.distributed.collectives import gather_rows
+from rlvr.distributed.context import DistContext
+
 
 @dataclass
 class RoundBatch:
@@ -46,3 +49,15 @@ class RoundBatch:
     @classmethod
     def from_state(cls, state: dict, device) -> RoundBatch:
         return cls(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in state.items()})
+
+
+def gather_round(batch: RoundBatch, ctx: DistContext) -> RoundBatch:
+    """Every rank's rows of a round, concatenated in rank order (prompts left-padded, the rest right-padded
+    to the widest rank's). Padding carries mask 0, so it changes no log-prob and no loss."""
+    def rows(t, side="right"):
+        return None if t is None else gather_rows(t, ctx, pad_side=side)
+
+    return RoundBatch(prompt_ids=rows(batch.prompt_ids, "left"), prompt_mask=rows(batch.prompt_mask, "left"),
+                      completion_ids=rows(batch.completion_ids), completion_mask=rows(batch.completion_mask),
+                      advantages=rows(batch.advantages), old_logps=rows(batch.old_logps),
+                      ref_logps=rows(batch.ref_logps), rollout_logps=rows(batch.rollout_logps))

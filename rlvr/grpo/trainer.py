@@ -16,11 +16,14 @@ import torch
 
 from rlvr.config import GRPOConfig
 from rlvr.data.templates import fit_prompts
+from rlvr.distributed.collectives import gather_rows, reduce_metrics
+from rlvr.distributed.parallel import gathered_for_decoding
+from rlvr.distributed.sharding import completion_slots, rank_micro_batches, rank_seed, rollout_request
 from rlvr.errors import RlvrError
 from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, reward_stats
 from rlvr.grpo.memory import estimate_memory, format_estimate
 from rlvr.grpo.objective import StepShape, aggregate, clip_metric_share, clip_metrics, per_token_loss, tis_weights
-from rlvr.grpo.round import RoundBatch
+from rlvr.grpo.round import RoundBatch, gather_round
 from rlvr.models.forward import completion_logprobs
 from rlvr.rewards.inputs import RewardLog, new_trainer_state, reward_inputs
 from rlvr.rewards.registry import resolve_rewards
@@ -47,6 +50,7 @@ class GRPOTrainer(TrainerCore):
     """
 
     kind, label = "grpo", "GRPO"
+    metric_ops = {"tis_min": "min", "tis_max": "max"}
 
     def __init__(self, model, tokenizer, reward_funcs, train_dataset, args: GRPOConfig | None = None,
                  engine=None, reasoning_tag: str = "reasoning", answer_tag: str = "answer",
@@ -95,6 +99,10 @@ class GRPOTrainer(TrainerCore):
             raise RlvrError("train.beta > 0 needs a reference policy: use LoRA (the adapter-disabled model is "
                             "the reference) or set beta: 0")
         super().__init__(model, a, self.total_steps, show_progress)
+        if self.parallelism == "fsdp" and a.micro_batch_token_budget is not None:
+            # Pieces differ between ranks, and every FSDP2 forward is a collective all ranks must join.
+            raise RlvrError("train.micro_batch_token_budget with full fine-tuning on several processes (FSDP2) "
+                            "is not supported; set it to null or use LoRA")
         # Where the loop is: the round, the optimizer steps of it done, and its tensors once made.
         self.round_index, self.step_in_round = 0, 0
         self.batch: RoundBatch | None = None
@@ -118,16 +126,26 @@ class GRPOTrainer(TrainerCore):
     # ------------------------------------------------------------------ one round
 
     def make_round(self, round_index: int) -> tuple[RoundBatch, dict, list[dict]]:
-        """Rollout, rewards, advantages (and ℓ^old / ℓ^ref when needed) for one round."""
-        a, G = self.args, self.args.num_generations
+        """Rollout, rewards, advantages (and ℓ^old / ℓ^ref when needed) for one round.
+
+        Under torchrun each rank generates and scores its block of the round's completion slots
+        (rlvr/distributed/sharding.py), computes their ℓ^old / ℓ^ref, and the blocks are gathered:
+        every rank then holds the whole round and computes the same advantages over whole groups.
+        """
+        a, G, ctx = self.args, self.args.num_generations, self.dist
         idx = self.round_indices(round_index)
+        slots = completion_slots(len(idx) * G, ctx.world_size, ctx.rank)
+        positions, per_prompt = rollout_request(slots, G)
+        mine = [idx[p] for p in positions]
         t0 = time.perf_counter()
-        rollout = self.generate([self.prompt_ids[i] for i in idx], seed=a.seed * 1_000_003 + round_index)
+        with gathered_for_decoding(self.model):  # FSDP2: whole layers for the rollout; else nothing
+            rollout = self.generate([self.prompt_ids[i] for i in mine], per_prompt,
+                                    seed=rank_seed(a.seed * 1_000_003 + round_index, ctx.rank))
         t1 = time.perf_counter()
         texts = self.tokenizer.batch_decode(rollout.completion_ids * rollout.completion_mask
                                             + self.tokenizer.pad_token_id * (1 - rollout.completion_mask),
                                             skip_special_tokens=True)
-        rows = [self.examples[i] for i in idx for _ in range(G)]
+        rows = [self.examples[i] for i in mine for _ in range(per_prompt)]
         prompts, completions, columns = reward_inputs(rows, texts)
         ids = [r[m.bool()].tolist() for r, m in zip(rollout.completion_ids, rollout.completion_mask)]
         self.state.global_step, self.state.epoch = self.global_step, round_index / self.rounds_per_epoch
@@ -135,41 +153,47 @@ class GRPOTrainer(TrainerCore):
         columns.update(trainer_state=self.state, **reward_log.hooks())
         scores = score_completions(self.reward_funcs, prompts, completions, ids, columns, a.reward_weights,
                                    a.reward_errors, self.global_step + 1)
-        advantages = group_advantages(scores.total, G, self.scale_rewards)
         t2 = time.perf_counter()
 
         loss_mask = rollout.completion_mask.clone()
         if a.mask_truncated_completions:
             loss_mask *= rollout.is_eos.unsqueeze(1).long()
         batch = RoundBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, loss_mask,
-                           advantages.to(self.device),
+                           torch.zeros(len(rows), device=self.device),  # advantages: after the gather
                            rollout_logps=rollout.logprobs if a.vllm_importance_sampling_correction else None)
         if self.needs_old or batch.rollout_logps is not None:
             batch.old_logps = self._logps_no_grad(batch, adapters=True)
         if a.beta > 0:
             batch.ref_logps = self._logps_no_grad(batch, adapters=False)
+        batch = gather_round(batch, ctx)
+        total = gather_rows(scores.total, ctx)
+        batch.advantages = group_advantages(total, G, self.scale_rewards).to(self.device)
 
-        lengths = rollout.completion_mask.sum(1).float()
-        metrics = {**reward_log.metrics(), **reward_stats(scores.total, G), **scores.metrics,
+        lengths = gather_rows(rollout.completion_mask.sum(1).float(), ctx)
+        is_eos = gather_rows(rollout.is_eos, ctx)
+        local = {**reward_log.metrics(), **scores.metrics, "time/rollout": t1 - t0, "time/score": t2 - t1}
+        local = reduce_metrics(local, ctx, {k: "sum" for k in local if "/errors" in k}
+                               | {"time/rollout": "max", "time/score": "max"})
+        metrics = {**local, **reward_stats(total, G),
                    "completions/mean_length": lengths.mean().item(),
                    "completions/min_length": lengths.min().item(),
                    "completions/max_length": lengths.max().item(),
-                   "completions/clipped_ratio": (~rollout.is_eos).float().mean().item(),
-                   "time/rollout": t1 - t0, "time/score": t2 - t1,
-                   "tokens_per_second": lengths.sum().item() / max(t1 - t0, 1e-9),
+                   "completions/clipped_ratio": (~is_eos).float().mean().item(),
+                   "tokens_per_second": lengths.sum().item() / max(local["time/rollout"], 1e-9),
                    "prompts/truncated": sum(1 for i in idx if self.prompt_cut_tokens[i])}
         samples = [{"prompt": prompts[i] if isinstance(prompts[i], str) else prompts[i][-1]["content"],
-                    "group": i // G, "length": int(lengths[i]), "completion": texts[i], "reward": _f(scores.total[i]),
+                    "group": (slots.start + i) // G, "length": int(rollout.completion_mask[i].sum()),
+                    "completion": texts[i], "reward": _f(scores.total[i]),
                     "rewards": {n: _f(scores.per_function[i, k]) for k, n in enumerate(scores.names)},
-                    "advantage": _f(advantages[i])} for i in range(min(len(texts), 2 * G))]
+                    "advantage": _f(batch.advantages[slots.start + i])} for i in range(min(len(texts), 2 * G))]
         for i, sample in enumerate(samples):  # columns reward functions added with log_extra
             if extra := reward_log.extra_of(i):
                 sample["extra"] = extra
         return batch, metrics, samples
 
-    def generate(self, prompt_ids: list[list[int]], seed: int):
-        """The round's rollout; out of memory, retried once with the engine's sub-batch halved."""
-        G, params = self.args.num_generations, self.sampling_params()
+    def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int):
+        """This rank's rollout; out of memory, retried once with the engine's sub-batch halved."""
+        G, params = num_generations, self.sampling_params()
         step = self.global_step + 1
         try:
             return self.engine.generate(prompt_ids, G, params, seed=seed)
@@ -311,12 +335,17 @@ class GRPOTrainer(TrainerCore):
                 run.log_samples(self.global_step + 1, samples)  # the step these completions train
         micro = self.micro_batches(self.batch, self.round_index)
         schedule = [m for _ in range(a.num_iterations) for m in micro]
-        ga = a.gradient_accumulation_steps
+        # A step is the next GA × world-size micro-batches of the round's (global) schedule; this rank
+        # trains on its GA of them, so the step is the same whatever the world size.
+        ga, ctx = a.gradient_accumulation_steps, self.dist
+        per_step = ga * ctx.world_size
         # A stop requested during the rollout still gets this round's first step (and its checkpoint).
         while self.step_in_round < self.steps_per_round and run.steps_left():
-            first = self.step_in_round * ga
-            metrics = {**self.round_metrics, **self.train_step(schedule[first:first + ga]),
-                       "memory/peak_gib": peak_memory_gib(self.device)}
+            first = self.step_in_round * per_step
+            mine = rank_micro_batches(schedule[first:first + per_step], ga, ctx.world_size, ctx.rank)
+            metrics = {**self.round_metrics, **self.train_step(mine),
+                       **reduce_metrics({"memory/peak_gib": peak_memory_gib(self.device)}, ctx,
+                                        {"memory/peak_gib": "max"})}
             self.step_in_round += 1
             run.end_step(self.global_step, metrics, f"reward {metrics['reward']:.3f}  loss {metrics['loss']:+.4f}")
             if run.stop_requested:

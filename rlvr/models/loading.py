@@ -25,7 +25,8 @@ _DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # The current CUDA device: under torchrun, rank r's (rlvr sets it to cuda:LOCAL_RANK when it joins).
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

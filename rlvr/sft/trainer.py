@@ -13,6 +13,8 @@ import torch
 
 from rlvr.config import SFTConfig
 from rlvr.data.templates import IGNORE_INDEX, encode_sft_example
+from rlvr.distributed.context import env_world_size
+from rlvr.distributed.sharding import rank_micro_batches
 from rlvr.errors import RlvrError
 from rlvr.models.forward import labelled_logprobs
 from rlvr.train.core import TrainerCore
@@ -34,6 +36,7 @@ def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[tor
 
 class SFTTrainer(TrainerCore):
     kind, label = "sft", "SFT"
+    metric_ops = {"tokens": "max"}  # already the whole step's count on every rank
 
     def __init__(self, model, tokenizer, train_dataset, args: SFTConfig | None = None,
                  show_progress: bool | None = None):
@@ -52,7 +55,8 @@ class SFTTrainer(TrainerCore):
         if not self.rows:
             raise RlvrError(f"every SFT example's prompt fills train.max_length ({args.max_length}); raise it")
         micro_per_epoch = math.ceil(len(self.rows) / args.per_device_train_batch_size)
-        steps_per_epoch = max(1, micro_per_epoch // args.gradient_accumulation_steps)
+        # A step takes gradient_accumulation_steps micro-batches on each of the job's ranks.
+        steps_per_epoch = max(1, micro_per_epoch // (args.gradient_accumulation_steps * env_world_size()))
         total = args.max_steps if args.max_steps > 0 else max(1, math.floor(args.num_train_epochs * steps_per_epoch))
         super().__init__(model, args, total, show_progress)
 
@@ -70,11 +74,13 @@ class SFTTrainer(TrainerCore):
             epoch += 1
 
     def train(self, resume_from_checkpoint: str | None = None, force: bool = False) -> dict:
-        ga = self.args.gradient_accumulation_steps
+        ga, ctx = self.args.gradient_accumulation_steps, self.dist
+        per_step = ga * ctx.world_size  # the step's micro-batches over all ranks; this rank trains on its GA
         with self.open_session(resume_from_checkpoint, force) as run:
-            batches = self.batches(skip=self.global_step * ga)
+            batches = self.batches(skip=self.global_step * per_step)
             while run.wants_more():
-                metrics = self.train_step([next(batches) for _ in range(ga)])
+                step = [next(batches) for _ in range(per_step)]
+                metrics = self.train_step(rank_micro_batches(step, ga, ctx.world_size, ctx.rank))
                 run.end_step(self.global_step, metrics, f"loss {metrics['loss']:.4f}")
         return run.result()
 

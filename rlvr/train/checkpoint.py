@@ -15,6 +15,15 @@ from pathlib import Path
 
 import torch
 
+from rlvr.distributed.checkpoint import (
+    full_trainable_state,
+    has_sharded_state,
+    load_sharded_state,
+    save_sharded_state,
+)
+from rlvr.distributed.collectives import barrier
+from rlvr.distributed.context import DistContext
+from rlvr.distributed.parallel import is_sharded
 from rlvr.errors import RlvrError
 
 LATEST = "latest"
@@ -34,8 +43,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_trainable(model, folder: Path) -> None:
-    """The adapter in peft format, or the full weights when there is no adapter."""
+def save_trainable(model, folder: Path, dist: DistContext | None = None) -> None:
+    """The adapter in peft format, or the full weights when there is no adapter (rank 0 writes).
+
+    FSDP2-sharded weights are gathered whole first: every rank must call this then."""
+    ctx = dist or DistContext()
+    if is_sharded(model):
+        state = full_trainable_state(model)  # collective
+        if ctx.is_main:
+            model.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        barrier(ctx)
+        return
+    if not ctx.is_main:
+        return
     if hasattr(model, "peft_config"):
         model.save_pretrained(folder)
     else:
@@ -50,28 +70,44 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict,
-                    keep: int | None = None, extra: dict | None = None) -> Path:
-    """Write checkpoints/step-N atomically; `extra` maps file names to objects saved with torch.save."""
+                    keep: int | None = None, extra: dict | None = None, dist: DistContext | None = None) -> Path:
+    """Write checkpoints/step-N atomically; `extra` maps file names to objects saved with torch.save.
+
+    Every rank calls this. Replicated weights (one process, or LoRA on several) are written by rank 0
+    in peft / transformers format with the optimizer's state_dict; FSDP2-sharded weights and their
+    optimizer state by every rank through DCP (checkpoint/dcp, loadable on any number of ranks).
+    Rank 0 renames the folder into place only after every rank has written its part.
+    """
+    ctx = dist or DistContext()
+    sharded = is_sharded(model)
     ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:06d}"
     tmp = ckpt_root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_trainable(model, tmp / "model")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "training_state.pt")
-    for name, obj in (extra or {}).items():
-        torch.save(obj, tmp / name)
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-    _fsync_tree(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer_tmp = ckpt_root / f".{LATEST}.tmp"
-    pointer_tmp.write_text(final.name)
-    os.replace(pointer_tmp, ckpt_root / LATEST)
-    if keep:
-        _prune(ckpt_root, keep)
+    if ctx.is_main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier(ctx)
+    if sharded:
+        save_sharded_state(tmp, model, optimizer, ctx)
+    if ctx.is_main:
+        if not sharded:
+            save_trainable(model, tmp / "model")
+        torch.save({"optimizer": None if sharded else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state()}, tmp / "training_state.pt")
+        for name, obj in (extra or {}).items():
+            torch.save(obj, tmp / name)
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    barrier(ctx)  # every rank's shards are on disk
+    if ctx.is_main:
+        _fsync_tree(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer_tmp = ckpt_root / f".{LATEST}.tmp"
+        pointer_tmp.write_text(final.name)
+        os.replace(pointer_tmp, ckpt_root / LATEST)
+        if keep:
+            _prune(ckpt_root, keep)
     return final
 
 
@@ -95,10 +131,17 @@ def resolve_checkpoint(run_dir: Path, which: str) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, schedule and RNG in place; return the trainer state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, dist: DistContext | None = None) -> dict:
+    """Restore weights, optimizer, schedule and RNG in place; return the trainer state.
+
+    A DCP checkpoint (written by FSDP2 ranks) loads into this job's layout, sharded or not."""
     model_dir = path / "model"
-    if hasattr(model, "peft_config"):
+    if has_sharded_state(path):
+        load_sharded_state(path, model, optimizer, dist or DistContext())
+    elif is_sharded(model):
+        raise RlvrError(f"--resume: {path} holds whole weights written by one process; FSDP2 resumes from a "
+                        "checkpoint written under torchrun (checkpoint/dcp); resume this one on one process")
+    elif hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -112,7 +155,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         loaded = AutoModelForCausalLM.from_pretrained(model_dir)
         model.load_state_dict(loaded.state_dict())
     state = torch.load(path / "training_state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"] is not None:  # None: it is in the DCP files
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return json.loads((path / "trainer_state.json").read_text())

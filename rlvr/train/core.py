@@ -17,6 +17,9 @@ import time
 
 import torch
 
+from rlvr.distributed.collectives import reduce_metrics
+from rlvr.distributed.context import check_model_device, init_distributed
+from rlvr.distributed.parallel import parallelize
 from rlvr.models.checkpointing import discard_offloaded_activations, enable_checkpointing
 from rlvr.models.precision import resolve_precision
 from rlvr.train.run_dir import run_details
@@ -26,8 +29,8 @@ from rlvr.train.update import OptimizerUpdate, StepCounts, step_counts
 
 def prepare_model(model: torch.nn.Module, args) -> torch.nn.Module:
     """What is applied to the model from outside the trainer, once per stage: activation checkpointing
-    in the mode this stage asks for (replacing an earlier stage's), train mode. A data-parallel
-    wrapper goes here too."""
+    in the mode this stage asks for (replacing an earlier stage's), train mode. (Data parallelism is
+    applied earlier, in TrainerCore.__init__, before the optimizer is built.)"""
     enable_checkpointing(model, args.gradient_checkpointing)
     # from_pretrained leaves a model in eval mode, where checkpointing (and dropout) is off.
     model.train()
@@ -37,13 +40,20 @@ def prepare_model(model: torch.nn.Module, args) -> torch.nn.Module:
 class TrainerCore:
     kind = "train"  # run.json's trainer name
     label = "train"  # the progress bar's
+    metric_ops: dict[str, str] = {}  # how a step's metric sums combine over ranks when not by "sum"
 
     def __init__(self, model: torch.nn.Module, args, total_steps: int, show_progress: bool | None = None):
         self.model, self.args, self.total_steps, self.show_progress = model, args, total_steps, show_progress
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(self.device, args.bf16)
+        # Under torchrun: join the job, and make the model data-parallel before the optimizer sees its
+        # parameters (FSDP2 replaces a sharded layer's parameters). Outside torchrun both do nothing.
+        self.dist = init_distributed(self.device.type, args.ddp_timeout)
+        check_model_device(self.dist, self.device)
+        self.parallelism = parallelize(model, self.dist, full_weights=not hasattr(model, "peft_config"),
+                                       bf16=self.precision.autocast_dtype == torch.bfloat16)
         self.update = OptimizerUpdate(model, args, total_steps, self.device,
-                                      on_oom=lambda: discard_offloaded_activations(model))
+                                      on_oom=lambda: discard_offloaded_activations(model), dist=self.dist)
         self.global_step = 0
         self.session: RunSession | None = None
 
@@ -81,7 +91,7 @@ class TrainerCore:
     def open_session(self, resume: str | None = None, force: bool = False) -> RunSession:
         prepare_model(self.model, self.args)
         session = RunSession(self, self.kind, self.args, self.model, self.update, self.total_steps, self.label,
-                             self.show_progress, details=self.run_details()).open(resume, force)
+                             self.show_progress, details=self.run_details(), dist=self.dist).open(resume, force)
         self.global_step = session.step
         self.session = session
         return session
@@ -99,8 +109,9 @@ class TrainerCore:
         return metrics
 
     def _accumulate(self, micro_batches: list) -> dict:
-        counts = step_counts([self.count(mb) for mb in micro_batches])
+        counts = step_counts([self.count(mb) for mb in micro_batches], self.dist)
         sums: dict = {"loss": 0.0}
         for mb in micro_batches:
             sums["loss"] += self.forward_backward(mb, counts, sums)
-        return sums
+        # Each rank's sums are its shares of the global step (weighted by global counts): they add up.
+        return reduce_metrics(sums, self.dist, {**{k: "sum" for k in sums}, **self.metric_ops})

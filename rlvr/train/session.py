@@ -15,9 +15,12 @@ import json
 import logging
 import shutil
 import signal
+import socket
 from pathlib import Path
 from typing import Protocol
 
+from rlvr.distributed.collectives import any_rank, barrier, gather_objects
+from rlvr.distributed.context import DistContext, env_world_size
 from rlvr.errors import RlvrError
 from rlvr.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, save_trainable
 from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir
@@ -36,6 +39,7 @@ NON_MATH_SETTINGS = frozenset({
     "log_completions", "completions_log_steps", "overwrite_output_dir", "max_steps", "num_train_epochs",
     "gradient_checkpointing", "micro_batch_token_budget", "logprob_chunk_elements", "rollout_backend",
     "rollout_merge_lora", "max_nonfinite_steps", "reward_errors", "attn_implementation", "trust_remote_code",
+    "ddp_timeout",
 })
 
 
@@ -74,7 +78,8 @@ def check_run_start(args, resume: str | None = None, force: bool = False,
         return None
     path = resolve_checkpoint(Path(args.output_dir), resume)
     saved = json.loads((path / "trainer_state.json").read_text())
-    differences = math_differences(saved.get("config", {}), dataclasses.asdict(args))
+    differences = math_differences(per_step_batch(saved.get("config", {}), saved.get("world_size", 1)),
+                                   per_step_batch(dataclasses.asdict(args), env_world_size()))
     run_config = Path(args.output_dir) / "config.yaml"
     if model_config is not None and run_config.is_file():
         import yaml
@@ -96,6 +101,18 @@ def clear_run(run_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def per_step_batch(config: dict, world_size: int) -> dict:
+    """A train config with the accumulation settings scaled to the whole job: resuming on another number
+    of ranks changes no math when per_device_train_batch_size stays and gradient_accumulation_steps ×
+    world size (and steps_per_generation × world size) stay, e.g. 2 ranks × GA 1 → 1 rank × GA 2."""
+    if world_size == 1 or "gradient_accumulation_steps" not in config:
+        return config
+    out = {**config, "gradient_accumulation_steps": config["gradient_accumulation_steps"] * world_size}
+    if config.get("steps_per_generation") is not None:
+        out["steps_per_generation"] = config["steps_per_generation"] * world_size
+    return out
 
 
 def math_differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
@@ -125,12 +142,16 @@ class RunSession:
     """One training run's directory and bookkeeping; use as `with RunSession(...) as run:`."""
 
     def __init__(self, trainer: Checkpointed, kind: str, args, model, update, total_steps: int,
-                 label: str, show_progress: bool | None = None, writes: bool = True, details: dict | None = None):
+                 label: str, show_progress: bool | None = None, writes: bool = True, details: dict | None = None,
+                 dist: DistContext | None = None):
         self.trainer, self.kind, self.args, self.model, self.update = trainer, kind, args, model, update
-        self.total_steps, self.label, self.show_progress, self.writes = total_steps, label, show_progress, writes
+        self.dist = dist or DistContext()
+        self.total_steps, self.label, self.show_progress = total_steps, label, show_progress
+        self.writes = writes and self.dist.is_main  # rank 0 alone writes into the run directory
         self.details = details  # what rlvr chose for the user (run_details), recorded in run.json
         self.run_dir = Path(args.output_dir)
         self.stop_requested = False
+        self._stop_signal = False  # seen by this rank; becomes stop_requested at the next step's end
         self.step = 0
         self.last: dict = {}
         self._closers: list = []
@@ -143,6 +164,7 @@ class RunSession:
         Returns the step to continue from (0 for a new run) in `self.step`."""
         a = self.args
         checkpoint = check_run_start(a, resume, force)
+        barrier(self.dist)  # every rank has checked the run directory before rank 0 writes into it
         if self.writes:
             prepare_run_dir(self.run_dir)
             if getattr(a, "overwrite_output_dir", False) and checkpoint is None:
@@ -150,10 +172,13 @@ class RunSession:
         if checkpoint is not None:
             self.step = self._resume(checkpoint)
         config = dataclasses.asdict(a)
+        devices = gather_objects(f"{socket.gethostname()}:{self.update.device}", self.dist)
         if self.writes:
             self.tracker = open_tracker(a.report_to, self.run_dir, config)  # a missing package fails before any file
             self.status = RunStatus(self.run_dir, self.kind, config, model_name(self.model), self.total_steps,
-                                    resumed_from_step=self.step or None, details=self.details)
+                                    resumed_from_step=self.step or None,
+                                    details={**(self.details or {}), "world_size": self.dist.world_size,
+                                             "devices": devices})
             self.metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl")
             self.samples_log = JsonlWriter(self.run_dir / "samples.jsonl")
             self._closers = [self.metrics_log.close, self.samples_log.close, self.tracker.close]
@@ -163,7 +188,7 @@ class RunSession:
         return self
 
     def _resume(self, path: Path) -> int:
-        state = load_checkpoint(path, self.model, self.update.optimizer, self.update.scheduler)
+        state = load_checkpoint(path, self.model, self.update.optimizer, self.update.scheduler, self.dist)
         self.update.load_state_dict(state.get("update", state))
         self.trainer.restore_checkpoint(state.get("trainer", {}), path)
         log.info("resumed from %s at step %d", path, state["global_step"])
@@ -193,6 +218,9 @@ class RunSession:
     def end_step(self, step: int, metrics: dict, info: str = "", can_save: bool = True) -> None:
         """Step `step` (counted from 1) is done: log it, save when due or when stopping."""
         self.step = step
+        # A signal seen by one rank stops every rank after this same step (the flag the loop reads
+        # changes only here, on every rank alike).
+        self.stop_requested = any_rank(self.stop_requested or self._stop_signal, self.dist)
         self.last = {"step": step, **metrics}
         if self.writes and (step % self.args.logging_steps == 0 or step == self.total_steps):
             self.metrics_log.write(self.last)
@@ -205,18 +233,19 @@ class RunSession:
         """checkpoints/step-N, atomically: weights, optimizer, schedule, RNG, the update's and the trainer's state."""
         trainer_state, files = self.trainer.checkpoint_state()
         state = {"global_step": self.step, "update": self.update.state_dict(), "trainer": trainer_state,
-                 "config": dataclasses.asdict(self.args)}
-        if not self.writes:
+                 "config": dataclasses.asdict(self.args), "world_size": self.dist.world_size}
+        if not self.writes and not self.dist.is_distributed:
             return None
+        # Every rank of a job takes part (FSDP2 shards are written by their ranks); rank 0 writes the rest.
         return save_checkpoint(self.run_dir, self.step, self.model, self.update.optimizer, self.update.scheduler,
-                               state, keep=self.args.save_total_limit, extra=files)
+                               state, keep=self.args.save_total_limit, extra=files, dist=self.dist)
 
     # ------------------------------------------------------------------ end
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc is None and self.writes:
-                save_trainable(self.model, self.run_dir / "final")
+            if exc is None and (self.writes or self.dist.is_distributed):
+                save_trainable(self.model, self.run_dir / "final", self.dist)
         except BaseException as e:
             exc = e
             raise
@@ -247,7 +276,9 @@ class RunSession:
 
     def request_stop(self, *_) -> None:
         log.warning("interrupt: finishing this step, saving a checkpoint, then stopping")
-        self.stop_requested = True
+        self._stop_signal = True
+        if not self.dist.is_distributed:
+            self.stop_requested = True
 
     def _restore_signals(self) -> None:
         for sig, handler in self._previous_handlers.items():

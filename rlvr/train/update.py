@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rlvr.distributed.collectives import all_reduce_sum
+from rlvr.distributed.context import DistContext
+from rlvr.distributed.parallel import clip_grad_norm, sync_gradients
 from rlvr.errors import RlvrError
 from rlvr.train.optim import build_optimizer, build_scheduler, grad_scaler, trainable_parameters
 
@@ -30,15 +33,15 @@ class StepCounts:
     num_micro_batches: int
 
 
-def step_counts(per_micro_batch: Sequence[tuple[int, int]]) -> StepCounts:
-    """The step's (sequences, tokens) summed over its micro-batches.
+def step_counts(per_micro_batch: Sequence[tuple[int, int]], dist: DistContext | None = None) -> StepCounts:
+    """The step's (sequences, tokens) summed over its micro-batches, and over all ranks.
 
     The one place the normalisers of a step are computed: a data-parallel run all-reduces these sums
-    here, so every rank divides by the global counts.
+    here, so every rank divides by the global counts (semantics §5: S is all micro-batches, all ranks).
     """
-    return StepCounts(num_sequences=sum(s for s, _ in per_micro_batch),
-                      num_tokens=sum(t for _, t in per_micro_batch),
-                      num_micro_batches=len(per_micro_batch))
+    local = [sum(s for s, _ in per_micro_batch), sum(t for _, t in per_micro_batch), len(per_micro_batch)]
+    sequences, tokens, micro_batches = (int(v) for v in all_reduce_sum(local, dist or DistContext()))
+    return StepCounts(num_sequences=sequences, num_tokens=tokens, num_micro_batches=micro_batches)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -63,8 +66,9 @@ class OptimizerUpdate:
     """
 
     def __init__(self, model: torch.nn.Module, args, total_steps: int, device: torch.device,
-                 on_oom: Callable[[], None] | None = None):
+                 on_oom: Callable[[], None] | None = None, dist: DistContext | None = None):
         self.model, self.device, self.on_oom = model, device, on_oom
+        self.dist = dist or DistContext(device=device)
         self.max_grad_norm, self.max_nonfinite_steps = args.max_grad_norm, args.max_nonfinite_steps
         self.optimizer = build_optimizer(trainable_parameters(model), args.optim, args.learning_rate,
                                          (args.adam_beta1, args.adam_beta2), args.adam_epsilon, args.weight_decay)
@@ -83,6 +87,12 @@ class OptimizerUpdate:
             sums = accumulate(micro_batches)
         except torch.OutOfMemoryError:
             self._drop_partial_step()
+            if self.dist.is_distributed:
+                # A retry on one rank alone would put its collectives out of step with the others'.
+                raise RlvrError(
+                    f"rank {self.dist.rank}, step {step}: out of memory in the update (peak "
+                    f"{peak_memory_gib(self.device):.1f} GiB); lower per_device_train_batch_size or "
+                    "max_completion_length, set gradient_checkpointing: true, or load_in_4bit: true") from None
             halves = [h for mb in micro_batches for h in halve(mb)]
             log.warning("step %d: out of memory in the update; retrying with %d micro-batches of half the size",
                         step, len(halves))
@@ -104,9 +114,11 @@ class OptimizerUpdate:
 
     def step(self, loss: float, step: int) -> dict:
         """Unscale, clip, and step unless the loss or the gradient norm is not finite; schedule."""
+        # Replicated gradients summed over ranks first, so every rank unscales, clips and decides alike.
+        sync_gradients(self.model, self.dist)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), self.max_grad_norm)
+        grad_norm = clip_grad_norm(trainable_parameters(self.model), self.max_grad_norm, self.dist)
         lr = self.scheduler.get_last_lr()[0]
         finite = bool(torch.isfinite(grad_norm)) and math.isfinite(loss)
         overflow = self.scaler is not None and not finite and math.isfinite(loss)
