@@ -24,7 +24,7 @@ from report import emit
 from rlvr.models.loading import attach_lora
 from rlvr.rollout import HFEngine, SamplingParams
 from rlvr.rollout.native import NativeEngine
-from rlvr.rollout.native.weights import read_weights
+from rlvr.rollout.native.families import read_weights
 
 H200_BYTES_PER_S = 4.8e12
 MERGE = {"all": None, "attention": "attention", "none": False}  # None: the engine's default (all on CUDA)

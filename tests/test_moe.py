@@ -14,7 +14,7 @@ from rlvr.models.forward import completion_logprobs
 from rlvr.rollout import SamplingParams
 from rlvr.rollout.native import NativeEngine
 from rlvr.rollout.native import moe as moe_module
-from rlvr.rollout.native.families import read_model
+from rlvr.rollout.native.families import read_weights
 from rlvr.rollout.native.model import _act
 
 
@@ -22,7 +22,7 @@ from rlvr.rollout.native.model import _act
 @pytest.mark.parametrize("grouped", [True, False], ids=["grouped-mm", "dense-fallback"])
 def test_moe_block_equals_transformers(kind, grouped):
     model = family_model(kind, 104, num_experts_per_tok=2)
-    w = read_model(model)
+    w = read_weights(model)
     h = torch.randn(3, 7, 64) * 2  # 21 tokens: several per expert, some experts possibly idle
     with torch.no_grad():
         ref = model.model.layers[0].mlp(h)

@@ -12,8 +12,9 @@ from rlvr.models.forward import completion_logprobs
 from rlvr.models.loading import attach_lora
 from rlvr.rollout import HFEngine, SamplingParams, make_engine
 from rlvr.rollout.native import NativeEngine
+from rlvr.rollout.native.families import read_weights
 from rlvr.rollout.native.model import decode_one_token, rope_tables
-from rlvr.rollout.native.weights import fuse_lora, merge_lora, read_weights
+from rlvr.rollout.native.weights import fuse_lora, merge_lora
 
 # False: every adapter as extra matmuls (q/k/v and gate/up fused); True: all adapted matrices merged
 # into a round copy; "attention": q/k/v/o merged, MLP adapters fused.

@@ -23,9 +23,9 @@ from rlvr.models.forward import base_causal_lm
 from rlvr.rollout.engine import MemoryPlan, Rollout, SamplingParams, halve_rows
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
-from rlvr.rollout.native.families import without_long_windows
+from rlvr.rollout.native.families import read_weights, without_long_windows
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
-from rlvr.rollout.native.weights import ModelW, Unsupported, fuse_lora, merge_lora, read_weights
+from rlvr.rollout.native.weights import ModelW, Unsupported, fuse_lora, merge_lora
 from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
 
 log = logging.getLogger("rlvr")

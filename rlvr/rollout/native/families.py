@@ -191,7 +191,7 @@ def read_layer(config, layer, i: int, hq: int, hk: int, d: int, gemma: bool, rop
     )
 
 
-def read_model(model: torch.nn.Module) -> ModelW:
+def read_weights(model: torch.nn.Module) -> ModelW:
     """References to `model`'s live weights (a *ForCausalLM, possibly inside a peft PeftModel)."""
     lm = base_causal_lm(model)
     config = lm.config

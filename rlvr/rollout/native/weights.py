@@ -1,6 +1,6 @@
 """Read a transformers decoder's weights for the native engine, without copying them.
 
-`read_weights` walks the HF module tree (under a peft wrapper too) and returns references to the
+`families.read_weights` walks the HF module tree (under a peft wrapper too) and returns references to the
 live parameters: the decode step reads exactly the tensors the optimizer updates. A LoRA-wrapped
 Linear contributes its base weight plus (A, B, scaling) of each active adapter, applied as two
 extra small matmuls (x @ Aᵀ @ Bᵀ · scaling), so nothing is merged and there is no second copy.
@@ -250,11 +250,3 @@ def _rms_weight(mod: torch.nn.Module, name: str) -> torch.Tensor:
     if not hasattr(mod, "weight") or not hasattr(mod, "variance_epsilon"):
         raise Unsupported(f"{name}: {type(mod).__name__} is not an RMSNorm")
     return mod.weight
-
-
-def read_weights(model: torch.nn.Module) -> ModelW:
-    """References to `model`'s live weights (a *ForCausalLM, possibly inside a peft PeftModel); each
-    family's layout is read by families.py."""
-    from rlvr.rollout.native.families import read_model  # families.py builds on this module's types
-
-    return read_model(model)
