@@ -144,3 +144,19 @@ def test_ctrl_c_during_sft_saves_and_exits_zero_with_the_resume_command(tmp_path
     assert f"resume with: rlvr sft {config} --output-dir {tmp_path / 'run'} --resume" in err
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step-{step:06d}"
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_resume_accepts_the_optimizer_an_8bit_one_fell_back_to(monkeypatch):
+    # The run records the optimizer that ran: adamw_8bit on a CPU ran as adamw_torch, and resuming the
+    # same config there is no change of math; on a GPU with bitsandbytes it would be.
+    import torch
+
+    from rlvr.train import optim
+    from rlvr.train.session import math_differences
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert math_differences({"optim": "adamw_torch"}, {"optim": "adamw_8bit"}) == []
+    assert math_differences({"optim": "adamw_torch"}, {"optim": "sgd"}) == ["optim: 'adamw_torch' → 'sgd'"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(optim.importlib.util, "find_spec", lambda name: object())
+    assert math_differences({"optim": "adamw_torch"}, {"optim": "adamw_8bit"}) != []

@@ -32,9 +32,16 @@ def build_optimizer(params, optim: str, lr: float, betas: tuple[float, float], e
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def resolve_optim(optim: str, on_cuda: bool) -> str:
-    """The optimizer that will run: an 8-bit one needs bitsandbytes on CUDA, else adamw_torch, said in a warning."""
+def effective_optim(optim: str, on_cuda: bool) -> str:
+    """The optimizer that will run: an 8-bit one needs bitsandbytes on CUDA, else adamw_torch."""
     if optim in EIGHT_BIT_OPTIMS and not (on_cuda and importlib.util.find_spec("bitsandbytes") is not None):
+        return "adamw_torch"
+    return optim
+
+
+def resolve_optim(optim: str, on_cuda: bool) -> str:
+    """effective_optim, with a warning when it is not the one asked for."""
+    if effective_optim(optim, on_cuda) != optim:
         need = "bitsandbytes (pip install bitsandbytes)" if on_cuda else "a CUDA GPU"
         log.warning("train.optim %s needs %s; using adamw_torch instead (set optim: adamw_torch to silence this)",
                     optim, need)

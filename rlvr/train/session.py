@@ -19,10 +19,13 @@ import socket
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from rlvr.distributed.collectives import any_rank, barrier, gather_objects
 from rlvr.distributed.context import DistContext, env_world_size
 from rlvr.errors import RlvrError
 from rlvr.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, save_trainable
+from rlvr.train.optim import effective_optim
 from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir
 from rlvr.train.trackers import open_tracker
 
@@ -122,6 +125,8 @@ def math_differences(saved: dict, new: dict, prefix: str = "") -> list[str]:
     for key in sorted(saved):
         if key in NON_MATH_SETTINGS or saved.get(key) == new.get(key):
             continue
+        if key == "optim" and saved.get(key) == effective_optim(new.get(key), torch.cuda.is_available()):
+            continue  # the run recorded the optimizer that ran (an 8-bit one falls back without CUDA)
         out.append(f"{prefix}{key}: {saved.get(key)!r} → {new.get(key)!r}")
     return out
 
