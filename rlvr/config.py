@@ -19,6 +19,7 @@ from rlvr.errors import RlvrError, nearest
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")  # trackers beside metrics.jsonl (rlvr/train/trackers.py)
+ROLLOUT_DTYPES = ("auto", "bfloat16", "float16", "fp8")  # train.rollout_dtype: the native decode step's matrices
 
 
 @dataclass
@@ -122,6 +123,9 @@ class GRPOConfig:
     rollout_merge_lora: bool | str | None = None  # native: fold LoRA into a per-round copy (faster, more
     # memory); None = on CUDA only. "attention": copy q/k/v/o only (an eighth of the memory), MLP adapters as
     # fused matmuls. False applies adapters as extra matmuls: no copy, peak memory of the weights alone.
+    rollout_dtype: str = "auto"  # native: what the decode step's matrices are in. auto = the model's (compute)
+    # dtype; bfloat16 | float16: a per-round cast copy; fp8: per-round e4m3 copies with row scales (GPUs of
+    # compute capability >= 8.9; bf16 elsewhere, with a warning), the log-prob gap corrected by TIS
     logprob_chunk_elements: int = 1 << 26
     logging_steps: int = 1
     log_completions: bool = True
@@ -166,6 +170,7 @@ class GRPOConfig:
         _choice("train.rollout_backend", self.rollout_backend, ("auto", "hf", "native"))
         self.gradient_checkpointing = _checkpoint_mode(self.gradient_checkpointing)
         _choice("train.rollout_merge_lora", self.rollout_merge_lora, (None, True, False, "attention"))
+        _choice("train.rollout_dtype", self.rollout_dtype, ROLLOUT_DTYPES)
         if self.micro_batch_token_budget is not None and self.micro_batch_token_budget <= 0:
             raise RlvrError(f"train.micro_batch_token_budget must be > 0 (or null), "
                             f"got {self.micro_batch_token_budget}")
