@@ -21,7 +21,8 @@ from rlvr.errors import RlvrError
 from rlvr.models.forward import completion_logprobs
 from rlvr.models.loading import attach_lora, quantize_linears_4bit
 from rlvr.rollout import HFEngine, SamplingParams
-from rlvr.rollout.native import NativeEngine, engine as engine_module
+from rlvr.rollout.native import NativeEngine
+from rlvr.rollout.native import engine as engine_module
 from rlvr.rollout.native.quant import FP8_MAX, dequantize_fp8_rows, fp8_linear, quantize_fp8_rows
 from rlvr.rollout.native.weights import decode_weights, read_weights
 
@@ -147,7 +148,7 @@ def _nf4_pair(tokenizer, dtype=torch.float32):
     _randomize_lora(q, seed=5, std=0.1)
     dense = attach_lora(_model(tokenizer), rank=4, alpha=8)
     dense.load_state_dict({k: v for k, v in q.state_dict().items() if "lora" in k}, strict=False)
-    for (name, mod), (_, twin) in zip(q.named_modules(), dense.named_modules()):
+    for (_, mod), (_, twin) in zip(q.named_modules(), dense.named_modules()):
         if type(mod).__name__ == "Linear4bit":
             twin.weight.data.copy_(bnbf.dequantize_4bit(mod.weight.data, mod.weight.quant_state))
     return q, dense

@@ -70,7 +70,8 @@ class GRPOTrainer:
         if not self.examples:
             raise RlvrError("the training dataset is empty; check data.dataset and data.split")
         self.prompt_ids = [self._encode(ex["prompt"]) for ex in self.examples]
-        self.engine = engine or make_engine(a.rollout_backend, model, tokenizer, merge_lora=a.rollout_merge_lora)
+        self.engine = engine or make_engine(a.rollout_backend, model, tokenizer, merge_lora=a.rollout_merge_lora,
+                                            rollout_dtype=a.rollout_dtype)
         self.scale_rewards = normalize_scale_rewards(a.scale_rewards)
         self.show_progress = show_progress
 
@@ -294,6 +295,7 @@ class GRPOTrainer:
                 tis = tis_weights(old, mb.rollout_logps, mb.completion_mask, a.vllm_importance_sampling_mode,
                                   a.vllm_importance_sampling_cap)
                 _add(sums, "tis", tis.expand_as(mb.completion_mask), mb.completion_mask, weight)
+                _add(sums, "sampling/logprob_diff/mean", (old - mb.rollout_logps).abs(), mb.completion_mask, weight)
                 active = tis.expand_as(mb.completion_mask)[mb.completion_mask.bool()]
                 if active.numel():
                     sums["tis_min"] = min(sums.get("tis_min", math.inf), active.min().item())

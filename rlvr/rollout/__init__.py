@@ -1,5 +1,7 @@
 """Rollout engines: the interface, the transformers.generate reference backend, and the factory."""
 
+import logging
+
 from rlvr.rollout.engine import Rollout, RolloutEngine, SamplingParams
 from rlvr.rollout.hf import HFEngine
 
@@ -11,15 +13,19 @@ def resolve_backend(backend: str, model) -> str:
     return "native" if next(model.parameters()).is_cuda else "hf"
 
 
-def make_engine(backend: str, model, tokenizer, merge_lora: bool | None = None, **kwargs) -> RolloutEngine:
+def make_engine(backend: str, model, tokenizer, merge_lora: bool | None = None, rollout_dtype: str = "auto",
+                **kwargs) -> RolloutEngine:
     """The engine for `rollout_backend`; backends are picked here, not by branches in the trainer."""
     backend = resolve_backend(backend, model)
     if backend == "hf":
+        if rollout_dtype != "auto":
+            logging.getLogger("rlvr").warning("rollout_dtype %s applies to the native engine only; "
+                                              "transformers.generate decodes in the model's dtype", rollout_dtype)
         return HFEngine(model, tokenizer, **kwargs)
     if backend == "native":
         from rlvr.rollout.native import NativeEngine  # imported here: only this backend needs it
 
-        return NativeEngine(model, tokenizer, merge_lora=merge_lora, **kwargs)
+        return NativeEngine(model, tokenizer, merge_lora=merge_lora, rollout_dtype=rollout_dtype, **kwargs)
     raise ValueError(f"unknown rollout_backend {backend!r}")
 
 

@@ -217,17 +217,17 @@ class NativeEngine:
         dev = w.device
         self.last_stats = {"backend": "native", "sub_batches": 0, "graphs_captured": 0, "compactions": 0,
                            "graphs": False, "kv_gib": 0.0}
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)  # the peak includes the decode copy's making
         t_copy = time.perf_counter()
         # Before the budget is measured: decode copies take memory too.
-        w = self._decode_weights(w)
+        w = self.round_weights(w)
         self.last_stats["decode_copy_s"] = time.perf_counter() - t_copy  # launches only on CUDA (no sync)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))  # from the global RNG: torch.manual_seed still reproduces
         gen = torch.Generator(device=dev).manual_seed(seed)
         on_cuda = dev.type == "cuda"
-        if on_cuda:
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
 
         rows = [p for p in prompt_ids for _ in range(num_generations)]
@@ -250,7 +250,7 @@ class NativeEngine:
                                rows_per_batch=per_batch)
         return out
 
-    def _decode_weights(self, w: ModelW) -> ModelW:
+    def round_weights(self, w: ModelW) -> ModelW:
         """This round's decode weights (`weights.decode_weights`) under the memory plan; logs the plan once."""
         fp8 = self.rollout_dtype == "fp8"
         dtype = DTYPES.get(self.rollout_dtype)
