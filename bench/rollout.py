@@ -30,7 +30,7 @@ from report import emit
 
 from rlvr.models.loading import attach_lora, quantize_linears_4bit
 from rlvr.rollout import HFEngine, SamplingParams
-from rlvr.rollout.native import NativeEngine
+from rlvr.rollout.native import NativeEngine, quant
 from rlvr.rollout.native.weights import read_weights
 
 H200_BYTES_PER_S = 4.8e12
@@ -113,11 +113,13 @@ def main() -> None:
                     help="let inductor time Triton GEMM templates against cuBLAS in the compiled step pieces")
     ap.add_argument("--rollout-dtype", choices=["auto", "bfloat16", "float16", "fp8"], default="auto",
                     help="the engine's rollout_dtype; fp8 also times the bf16 engine in the same run")
+    ap.add_argument("--fp8-fast-accum", action="store_true", help="FP8 matmuls with Hopper's fast accumulation")
     ap.add_argument("--quant", choices=["none", "nf4"], default="none", help="4-bit (bitsandbytes NF4) bases")
     ap.add_argument("--dequantize-4bit", choices=["copy", "step"], default=None,
                     help="NF4: per-round dequantised copy or dequantisation inside the step (default: by memory)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    quant.FP8_FAST_ACCUM = args.fp8_fast_accum
     if args.max_autotune:
         from torch._inductor import config as inductor_config
 
@@ -179,7 +181,7 @@ def main() -> None:
         "graphs_captured": stats.get("graphs_captured", 0), "sub_batches": stats.get("sub_batches"),
         "decode_copy_s": round(stats.get("decode_copy_s", 0.0), 4), "quant_mode": stats.get("quant"),
         "backend": stats.get("backend"), "lora_merge": native.merge_scope, "max_autotune": args.max_autotune,
-        "attention": args.attention or "default",
+        "attention": args.attention or "default", "fp8_fast_accum": args.fp8_fast_accum,
         "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -203,7 +203,7 @@ CASES = [("16bit", "fp8", None), ("nf4", "auto", "copy"), ("nf4", "auto", "step"
 def test_cuda_fp8_and_4bit_rollouts_against_generate(tokenizer, base, rollout_dtype, mode):
     """Captured decode on bf16 weights in FP8, and on NF4 bases (copy or in-step, bf16 or FP8), against
     generate on the same model: greedy agreement and the sampled log-probs against the trainer's."""
-    model = _model(tokenizer, hidden=256).to(torch.bfloat16).cuda()
+    model = _model(tokenizer, hidden=256, init=0.02).to(torch.bfloat16).cuda()
     if base == "nf4":
         pytest.importorskip("bitsandbytes")
         model = quantize_linears_4bit(model, torch.bfloat16)
@@ -224,5 +224,6 @@ def test_cuda_fp8_and_4bit_rollouts_against_generate(tokenizer, base, rollout_dt
     diff = (sampled.logprobs - exact.float())[sampled.completion_mask.bool()].abs()
     print(f"{base} {rollout_dtype} {mode}: greedy agreement {agreement:.3f}, |logprob diff| mean "
           f"{diff.mean():.4f} max {diff.max():.4f}")
-    assert agreement >= (0.5 if rollout_dtype == "fp8" else 0.8)
-    assert diff.mean() < (0.1 if rollout_dtype == "fp8" else 0.05)
+    # A tiny random model's top logits are close, so greedy paths part early even from rounding alone.
+    assert agreement >= (0.2 if rollout_dtype == "fp8" else 0.5)
+    assert diff.mean() < (0.05 if rollout_dtype == "fp8" else 0.02)

@@ -26,6 +26,9 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 MIN_SCALE = 1e-12  # an all-zero row gets this scale instead of 0 (no 0/0)
 FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper: the first GPUs with FP8 tensor cores
+# Hopper's fast FP8 accumulation (partial sums not promoted to fp32 as often): faster, less exact.
+# Off by default; bench/rollout.py --fp8-fast-accum measures it.
+FP8_FAST_ACCUM = False
 
 
 def quantize_fp8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +51,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
     xq, x_scale = quantize_fp8_rows(x.reshape(-1, x.shape[-1]))
     # Row-wise scaling on CUDA takes a bf16 output only; other activation dtypes are cast back.
     y = torch._scaled_mm(xq, weight.t(), scale_a=x_scale[:, None], scale_b=scale[None, :],
-                         out_dtype=torch.bfloat16)
+                         out_dtype=torch.bfloat16, use_fast_accum=FP8_FAST_ACCUM and x.is_cuda)
     y = y.to(x.dtype)
     if bias is not None:
         y = y + bias

@@ -127,7 +127,7 @@ class ModelW:
         """Bytes one decode step reads from the weights (the embedding only via the tied head)."""
         n = self.lm_head.bytes() + sum(t.numel() * t.element_size() for t in (self.norm,))
         for layer in self.layers:
-            n += sum(lin.bytes() for lin in (getattr(layer, n) for n in PROJECTIONS))
+            n += sum(getattr(layer, name).bytes() for name in used_projections(layer))
         return n
 
 
@@ -219,10 +219,12 @@ def decode_weights(w: ModelW, scope: str | None, dtype: torch.dtype | None = Non
         scope = None
     layers = []
     for layer in w.layers:
-        if not keep_packed:
-            layer = replace(layer, **{n: _unpacked(getattr(layer, n)) for n in PROJECTIONS})
-        layer = _merge_layer(layer, scope) if scope else _fuse_layer(layer)
-        layers.append(_fp8_layer(layer) if fp8 else layer)
+        layer = _merge_layer(layer, scope) if scope else _fuse_layer(layer)  # merging dequantises on the fly
+        if fp8:
+            layer = _fp8_layer(layer)
+        elif not keep_packed:  # only what the step reads: q/k/v stay packed references once merged into qkv
+            layer = replace(layer, **{n: _unpacked(getattr(layer, n)) for n in used_projections(layer)})
+        layers.append(layer)
     lm_head = _unpacked(w.lm_head)
     return replace(w, layers=layers, lm_head=_merged(lm_head) if scope and lm_head.loras else lm_head)
 
@@ -239,10 +241,15 @@ def _fp8_layer(layer: LayerW) -> LayerW:
         layer = replace(layer, qkv=_stacked(attn))
     if layer.gate_up is None and layer.gate_up_lora is None and not any(lin.loras for lin in mlp):
         layer = replace(layer, gate_up=_stacked(mlp))
+    return replace(layer, **{n: _fp8(getattr(layer, n)) for n in used_projections(layer)})
+
+
+def used_projections(layer: LayerW) -> list[str]:
+    """The LayerW fields the decode step reads: the stacked copies where they exist, else their parts."""
     names = ["o", "down"]
     names += ["qkv"] if layer.qkv is not None else ["q", "k", "v"]
     names += ["gate_up"] if layer.gate_up is not None else ["gate", "up"]
-    return replace(layer, **{n: _fp8(getattr(layer, n)) for n in names})
+    return names
 
 
 def _fp8(lin: LinearW) -> LinearW:
