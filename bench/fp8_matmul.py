@@ -3,7 +3,8 @@
 For each (rows, in, out) of a model's decode step, times F.linear in bf16, torch._scaled_mm on
 pre-quantised operands (the kernel alone), and quant.fp8_linear (activation quantised per row on the
 fly, as the engine runs it) eager and compiled, each with and without fast accumulation. One JSON
-line per shape, microseconds per call (CUDA events over `--iters` calls, after a warm-up).
+line per shape, microseconds per call (CUDA events over `--iters` calls, after a warm-up). The
+fp8_linear timings run outside a CUDA graph, so they include launch time; the engine's do not.
 
     python bench/fp8_matmul.py --shape llama-3.1-8b --rows 64
 """
