@@ -229,3 +229,20 @@ def test_cuda_fp8_and_4bit_rollouts_against_generate(tokenizer, base, rollout_dt
     # the H200: 0.48 for NF4 in bf16 (copy and step alike), 0.19 for NF4 in FP8.
     assert agreement >= (0.15 if rollout_dtype == "fp8" else 0.4)
     assert diff.mean() < (0.05 if rollout_dtype == "fp8" else 0.02)
+
+
+def test_trainer_logs_the_gap_between_rollout_and_trainer_logprobs(tmp_path, tokenizer):
+    """sampling/logprob_diff/mean: ~0 for the exact fp32 native engine, clearly above 0 for FP8."""
+    from test_grpo_trainer import args, count_a, dataset, lora_model, read_metrics
+
+    from rlvr.grpo.trainer import GRPOTrainer
+
+    gaps = {}
+    for rollout_dtype in ("auto", "fp8"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(engine_module, "fp8_supported", lambda device: True)
+            cfg = args(tmp_path / rollout_dtype, max_steps=1, rollout_backend="native", rollout_dtype=rollout_dtype)
+            GRPOTrainer(lora_model(tokenizer), tokenizer, [count_a], dataset(8), cfg, show_progress=False).train()
+        gaps[rollout_dtype] = read_metrics(tmp_path / rollout_dtype / "run" / "metrics.jsonl")[0][
+            "sampling/logprob_diff/mean"]
+    assert 0 <= gaps["auto"] < 1e-4 < gaps["fp8"]
