@@ -43,6 +43,9 @@ class LinearW:
     scale: torch.Tensor | None = None  # [out] fp32: FP8 weight = weight · scale per row
     packed: Packed4bitW | None = None  # a 4-bit base, dequantised when used
 
+    def dense_rows(self) -> int:
+        return self.packed.shape[0] if self.weight is None else self.weight.shape[0]
+
     def dense(self) -> torch.Tensor:
         """The weight as a dense matrix (dequantising a 4-bit base); not for FP8 ones."""
         return self.packed.dequantize() if self.weight is None else self.weight
@@ -132,23 +135,30 @@ class ModelW:
 
 
 def _merged(lin: LinearW) -> LinearW:
-    """A copy with every adapter folded in: W + scaling · B @ A (summed in fp32, cast to W's dtype)."""
-    dense = lin.dense()
-    weight = dense.float()
-    bias = None if lin.bias is None else lin.bias.float()
-    for a, b, b_bias, scaling in lin.loras:
-        weight = weight + scaling * (b.float() @ a.float())
-        if b_bias is not None:
-            bias = scaling * b_bias.float() if bias is None else bias + scaling * b_bias.float()
-    return LinearW(weight.to(dense.dtype), None if bias is None else bias.to(dense.dtype))
+    """A copy with every adapter folded in: W + scaling · B @ A (see `_stacked`)."""
+    return _stacked([lin])
 
 
 def _stacked(lins: list[LinearW]) -> LinearW:
-    """Merged copies of `lins` stacked along the output dim (one matmul instead of several)."""
-    merged = [_merged(lin) for lin in lins]
-    biases = [m.bias if m.bias is not None else torch.zeros_like(m.weight[:, 0]) for m in merged]
-    has_bias = any(m.bias is not None for m in merged)
-    return LinearW(torch.cat([m.weight for m in merged]), torch.cat(biases) if has_bias else None)
+    """Merged copies of `lins` stacked along the output dim (one matmul instead of several), made
+    with one kernel per matrix: the bases copied into one tensor, then each adapter added in place
+    by `addmm_` (W += scaling · B @ A, accumulated in fp32 and rounded once to W's dtype; adapters
+    kept in another dtype, e.g. fp32 over a bf16 base, are cast to W's for the product)."""
+    weight = torch.cat([lin.dense() for lin in lins]) if len(lins) > 1 else lins[0].dense().clone()
+    biases, row = [], 0
+    for lin in lins:
+        rows = weight[row:row + lin.dense_rows()]
+        bias = None if lin.bias is None else lin.bias.float()
+        for a, b, b_bias, scaling in lin.loras:
+            rows.addmm_(b.to(weight.dtype), a.to(weight.dtype), alpha=scaling)
+            if b_bias is not None:
+                bias = scaling * b_bias.float() if bias is None else bias + scaling * b_bias.float()
+        biases.append(bias)
+        row += rows.shape[0]
+    if all(b is None for b in biases):
+        return LinearW(weight)
+    return LinearW(weight, torch.cat([torch.zeros(lin.dense_rows(), device=weight.device) if b is None else b
+                                      for lin, b in zip(lins, biases)]).to(weight.dtype))
 
 
 MERGE_SCOPES = ("all", "attention")
