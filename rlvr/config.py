@@ -33,6 +33,7 @@ ROLLOUT_MERGE_LORA = (None, True, False, "attention")
 SCALE_REWARDS = ("group", "batch", "none", True, False)
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 REWARD_ERRORS = ("raise", "skip")
+ROLLOUT_DTYPES = ("auto", "bfloat16", "float16", "fp8")  # train.rollout_dtype: the native decode step's matrices
 
 
 @dataclass
@@ -143,6 +144,9 @@ class GRPOConfig:
     rollout_merge_lora: bool | str | None = None  # native: fold LoRA into a per-round copy (faster, more
     # memory); None = on CUDA only. "attention": copy q/k/v/o only (an eighth of the memory), MLP adapters as
     # fused matmuls. False applies adapters as extra matmuls: no copy, peak memory of the weights alone.
+    rollout_dtype: str = "auto"  # native: what the decode step's matrices are in. auto = the model's (compute)
+    # dtype; bfloat16 | float16: a per-round cast copy; fp8: per-round e4m3 copies with row scales (GPUs of
+    # compute capability >= 8.9; bf16 elsewhere, with a warning), the log-prob gap corrected by TIS
     logprob_chunk_elements: int = 1 << 26
     logging_steps: int = 1
     log_completions: bool = True
@@ -188,6 +192,7 @@ class GRPOConfig:
         _validate_update(self)
         _choice("train.rollout_backend", self.rollout_backend, ROLLOUT_BACKENDS)
         _choice("train.rollout_merge_lora", self.rollout_merge_lora, ROLLOUT_MERGE_LORA)
+        _choice("train.rollout_dtype", self.rollout_dtype, ROLLOUT_DTYPES)
         if self.micro_batch_token_budget is not None and self.micro_batch_token_budget <= 0:
             raise RlvrError(f"train.micro_batch_token_budget must be > 0 (or null), "
                             f"got {self.micro_batch_token_budget}")

@@ -204,7 +204,8 @@ def test_llama_cpp_types_need_the_extra(monkeypatch):
 def test_unsupported_architecture_is_a_one_line_error(tmp_path):
     tokenizer = byte_level_bpe()
     model = make_model("olmo2", vocab_size=len(tokenizer))
-    with pytest.raises(RlvrError, match="does not support model type 'olmo2'.*llama, mistral, qwen2, qwen3, phi3") as info:
+    expected = "does not support model type 'olmo2'.*llama, mistral, qwen2, qwen3, phi3"
+    with pytest.raises(RlvrError, match=expected) as info:
         save_gguf(model, tokenizer, tmp_path, "f16")
     assert "\n" not in str(info.value)
     assert not list(tmp_path.iterdir())

@@ -1,8 +1,9 @@
 """A memory estimate for one GRPO step, printed before training and checked by bench/step.py.
 
 Peak = what stays (weights, adapters, their gradients, optimizer state) + the larger of the two
-phases: the rollout (KV cache, and the merged-LoRA decode copy when the native engine makes one) and
-the update (checkpointed activations, one layer's recompute, the chunked loss workspace).
+phases: the rollout (KV cache, and the decode copy when the native engine makes one: merged LoRA,
+dequantised 4-bit bases, FP8 matrices) and the update (checkpointed activations, one layer's
+recompute, the chunked loss workspace).
 """
 
 from __future__ import annotations
@@ -19,11 +20,43 @@ def _param_bytes(params) -> int:
 
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# Every decoder-layer matrix: Llama's names, and Phi-3's fused qkv_proj / gate_up_proj.
+LAYER_PROJECTIONS = (*ATTENTION_PROJECTIONS, "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj")
+
+
+def _base_weights(model) -> list[torch.Tensor]:
+    """The base weight of every decoder-layer matrix (under a LoRA wrapper too)."""
+    return [m.base_layer.weight if hasattr(m, "base_layer") else m.weight for name, m in model.named_modules()
+            if name.rsplit(".", 1)[-1] in LAYER_PROJECTIONS]
+
+
+def _numel(weight: torch.Tensor) -> int:
+    state = getattr(weight, "quant_state", None)  # a bitsandbytes 4-bit weight: its logical size
+    return int(torch.Size(state.shape).numel()) if state is not None else weight.numel()
+
+
+def decode_copy_bytes(model, rollout: MemoryPlan) -> int:
+    """Bytes of the native engine's per-round decode copy: with rollout_dtype fp8 every layer matrix
+    at 1 byte per value; else every 4-bit base dequantised to its compute dtype, and the adapted
+    16-bit matrices of the merge scope at their own size. (The engine dequantises 4-bit bases inside
+    the step instead, with no copy, when this does not fit half the free memory: see its log line.)"""
+    weights = _base_weights(model)
+    packed = [w for w in weights if getattr(w, "quant_state", None) is not None]
+    if rollout.rollout_dtype == "fp8":
+        return sum(_numel(w) for w in weights)
+    n = 0 if rollout.rollout_dtype is None else sum(_numel(w) * w.quant_state.dtype.itemsize for w in packed)
+    if rollout.rollout_merge_lora and not packed:
+        only_attention = rollout.rollout_merge_lora == "attention"
+        adapted = [m.base_layer.weight for name, m in model.named_modules()
+                   if hasattr(m, "lora_A") and hasattr(m, "base_layer")
+                   and (not only_attention or name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS)]
+        n += _param_bytes(adapted)
+    return n
 
 
 def estimate_memory(model, args, prompt_length: int, rollout: MemoryPlan) -> dict[str, float]:
     """GiB per component; `prompt_length` is the longest tokenized prompt, `rollout` the engine's
-    memory plan (its resolved rollout_merge_lora: True, 'attention' or False)."""
+    memory plan (its resolved rollout_merge_lora and rollout_dtype: `decode_copy_bytes`)."""
     cfg = model.config
     layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
     heads = cfg.num_attention_heads
@@ -34,7 +67,8 @@ def estimate_memory(model, args, prompt_length: int, rollout: MemoryPlan) -> dic
     trainable = [p for p in params if p.requires_grad]
     base = [p for p in params if not p.requires_grad]
     act_bytes = base[0].element_size() if base else trainable[0].element_size()
-    if args.bf16:
+    packed = [p for p in base if getattr(p, "quant_state", None) is not None]
+    if args.bf16 or packed:  # a 4-bit model computes in its (16-bit) compute dtype
         act_bytes = 2
     seq = prompt_length + args.max_completion_length
     rows_round = args.resolved_generation_batch_size
@@ -47,14 +81,8 @@ def estimate_memory(model, args, prompt_length: int, rollout: MemoryPlan) -> dic
         "gradients": _param_bytes(trainable) / GIB,
         "optimizer": sum(p.numel() for p in trainable) * optim_bytes_per_param / GIB,
         "kv_cache": rows_round * seq * layers * 2 * kv_heads * head_dim * act_bytes / GIB,
-        "decode_copy": 0.0,
+        "decode_copy": decode_copy_bytes(model, rollout) / GIB,
     }
-    if rollout.rollout_merge_lora:
-        only_attention = rollout.rollout_merge_lora == "attention"
-        adapted = [m.base_layer.weight for name, m in model.named_modules()
-                   if hasattr(m, "lora_A") and hasattr(m, "base_layer")
-                   and (not only_attention or name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS)]
-        est["decode_copy"] = _param_bytes(adapted) / GIB
     tokens = rows_micro * seq
     saved_per_layer = tokens * hidden * act_bytes  # the layer input kept by checkpointing
     one_layer = tokens * (4 * hidden + 3 * inter) * act_bytes  # its recompute: attention in/out, MLP

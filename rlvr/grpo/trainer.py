@@ -70,7 +70,7 @@ class GRPOTrainer(TrainerCore):
         self.prompt_ids, self.prompt_cut_tokens = fit_prompts(tokenizer, [ex["prompt"] for ex in self.examples],
                                                               a.max_prompt_length)
         self.engine = engine or make_engine(a.rollout_backend, model, tokenizer,
-                                            rollout_merge_lora=a.rollout_merge_lora)
+                                            rollout_merge_lora=a.rollout_merge_lora, rollout_dtype=a.rollout_dtype)
         self.scale_rewards = normalize_scale_rewards(a.scale_rewards)
 
         self.spg = a.resolved_steps_per_generation
@@ -297,6 +297,7 @@ class GRPOTrainer(TrainerCore):
                 tis = tis_weights(old, mb.rollout_logps, mb.completion_mask, a.vllm_importance_sampling_mode,
                                   a.vllm_importance_sampling_cap)
                 _add(sums, "tis", tis.expand_as(mb.completion_mask), mb.completion_mask, weight)
+                _add(sums, "sampling/logprob_diff/mean", (old - mb.rollout_logps).abs(), mb.completion_mask, weight)
                 active = tis.expand_as(mb.completion_mask)[mb.completion_mask.bool()]
                 if active.numel():
                     sums["tis_min"] = min(sums.get("tis_min", math.inf), active.min().item())

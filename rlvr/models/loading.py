@@ -206,6 +206,25 @@ def _bnb_4bit_config(device: torch.device, compute_dtype: torch.dtype):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
+def quantize_linears_4bit(model: torch.nn.Module, compute_dtype: torch.dtype) -> torch.nn.Module:
+    """Replace every decoder Linear (not lm_head) by a bitsandbytes NF4 Linear4bit, double-quantised
+    in blocks of 64, as `load_in_4bit` loads them: for models built from a config (benches, tests)."""
+    import bitsandbytes as bnb
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or name == "lm_head":
+                continue
+            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                  compute_dtype=compute_dtype, quant_type="nf4", device="meta")
+            q.weight = bnb.nn.Params4bit(child.weight.data.to(compute_dtype), requires_grad=False, quant_type="nf4",
+                                         compress_statistics=True, blocksize=64).to(child.weight.device)
+            if child.bias is not None:
+                q.bias = torch.nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
+            setattr(parent, name, q)
+    return model
+
+
 def load_model_from_config(cfg: ModelConfig, device: str | torch.device | None = None, seed: int | None = None):
     return load_model(
         cfg.model_name_or_path, gguf_file=cfg.gguf_file, dtype=cfg.dtype, use_lora=cfg.use_lora,

@@ -53,9 +53,13 @@ class MemoryPlan:
 
     rollout_merge_lora: the config's vocabulary, resolved: True when every LoRA-adapted matrix gets a
     merged decode copy, 'attention' when only q/k/v/o do, False when adapters run as extra matmuls.
+    rollout_dtype: the native decode step's matrices as resolved (config `ROLLOUT_DTYPES`: 'fp8' makes
+    an FP8 copy of every layer matrix, 'auto' a dequantised copy of 4-bit bases), None when the
+    engine decodes from the training weights as they are (hf).
     """
 
     rollout_merge_lora: bool | str = False
+    rollout_dtype: str | None = None
 
 
 class RolloutEngine(Protocol):

@@ -18,14 +18,15 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rlvr.config import ROLLOUT_MERGE_LORA
+from rlvr.config import ROLLOUT_DTYPES, ROLLOUT_MERGE_LORA
 from rlvr.models.forward import base_causal_lm
 from rlvr.rollout.engine import MemoryPlan, Rollout, SamplingParams, halve_rows
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
 from rlvr.rollout.native.families import read_weights, without_long_windows
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
-from rlvr.rollout.native.weights import ModelW, Unsupported, fuse_lora, merge_lora
+from rlvr.rollout.native.quant import fp8_supported
+from rlvr.rollout.native.weights import ModelW, Unsupported, decode_weights
 from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
 
 log = logging.getLogger("rlvr")
@@ -33,6 +34,8 @@ log = logging.getLogger("rlvr")
 CPU_KV_BUDGET = 2 << 30  # bytes; on CUDA the default is 90% of the memory free at generate() time
 PREFILL_TOKENS = 16384  # prompt tokens per prefill forward (bounds its activations)
 SLOT_ALIGN = 64  # cache length multiple: keeps the attention mask rows aligned for fused kernels
+COPY_SHARE = 0.5  # a 4-bit model's dense decode copy is made when it takes at most this share of free memory
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -115,13 +118,31 @@ class NativeEngine:
     elementwise work with torch.compile (default: on CUDA), falling back to eager if it fails.
     attention: 'sdpa' (torch's fused kernel; the default) or 'triton' (the split-cache decode
     kernel of attention.py on CUDA, SDPA where it does not apply or fails).
+    rollout_dtype: the decode step's matrices (`ROLLOUT_DTYPES`): 'auto' the model's dtype (a 4-bit
+    model's compute dtype), 'bfloat16'/'float16' a per-round cast copy, 'fp8' per-round e4m3 copies
+    with row scales (bf16 matmul inputs quantised per token; the head stays 16-bit), on GPUs with
+    FP8 only (elsewhere one warning and 'auto'). dequantize_4bit: for bitsandbytes 4-bit bases,
+    'copy' dequantises them into a per-round decode copy (LoRA merged in, FP8 if asked), 'step'
+    dequantises each matrix inside the step where it is used (no copy, adapters as extra matmuls);
+    None picks 'copy' when it takes at most half the free memory.
     """
 
     def __init__(self, model, tokenizer, kv_budget_bytes: int | None = None, sync_every: int = 16,
                  cuda_graphs: bool = True, kv_bucket: int = 256, compact: float = 0.5,
                  batch_size: int | None = None, rollout_merge_lora: bool | str | None = None,
-                 compile: bool | None = None, attention: str | None = None):
+                 compile: bool | None = None, attention: str | None = None, rollout_dtype: str = "auto",
+                 dequantize_4bit: str | None = None):
         self.model, self.tokenizer = model, tokenizer
+        if rollout_dtype not in ROLLOUT_DTYPES:
+            raise ValueError(f"rollout_dtype must be one of {ROLLOUT_DTYPES}, got {rollout_dtype!r}")
+        if dequantize_4bit not in (None, "copy", "step"):
+            raise ValueError(f"dequantize_4bit must be 'copy', 'step' or None, got {dequantize_4bit!r}")
+        self.rollout_dtype, self.dequantize_4bit = rollout_dtype, dequantize_4bit
+        if rollout_dtype == "fp8" and not fp8_supported(self.device):
+            log.warning("rollout_dtype fp8: %s has no FP8 matmuls (needs a CUDA GPU of compute capability >= 8.9); "
+                        "decoding in the model's dtype", self.device)
+            self.rollout_dtype = "auto"
+        self._plan_logged = False
         self.compile = compile
         if attention not in (None, "triton", "sdpa"):
             raise ValueError(f"attention must be 'triton', 'sdpa' or None, got {attention!r}")
@@ -173,7 +194,8 @@ class NativeEngine:
 
     def memory_plan(self) -> MemoryPlan:
         scope = self.merge_scope
-        return MemoryPlan(rollout_merge_lora=True if scope == "all" else (scope or False))
+        return MemoryPlan(rollout_merge_lora=True if scope == "all" else (scope or False),
+                          rollout_dtype=None if self.fallback is not None else self.rollout_dtype)
 
     def reduce_batch(self) -> int | None:
         """Half the rows the last generate ran per sub-batch (its KV budget may have capped them below
@@ -224,19 +246,20 @@ class NativeEngine:
         if params.do_sample and params.temperature <= 0:
             params = replace(params, do_sample=False)  # T = 0 means greedy, as in vLLM
         dev = w.device
-        scope = self.merge_scope
-        # Before the budget is measured: merged copies take memory too.
-        w = merge_lora(w, scope) if scope else fuse_lora(w)
+        self.last_stats = {"backend": "native", "sub_batches": 0, "graphs_captured": 0, "compactions": 0,
+                           "graphs": False, "kv_gib": 0.0}
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)  # the peak includes the decode copy's making
+        t_copy = time.perf_counter()
+        # Before the budget is measured: decode copies take memory too.
+        w = self.round_weights(w)
+        self.last_stats["decode_copy_s"] = time.perf_counter() - t_copy  # launches only on CUDA (no sync)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))  # from the global RNG: torch.manual_seed still reproduces
         gen = torch.Generator(device=dev).manual_seed(seed)
         on_cuda = dev.type == "cuda"
-        if on_cuda:
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
-        self.last_stats = {"backend": "native", "sub_batches": 0, "graphs_captured": 0, "compactions": 0,
-                           "graphs": False, "kv_gib": 0.0}
 
         rows = [p for p in prompt_ids for _ in range(num_generations)]
         per_batch = self._rows_per_batch(w, params, max(len(r) for r in rows), num_generations, len(rows))
@@ -259,16 +282,41 @@ class NativeEngine:
                                rows_per_batch=per_batch)
         return out
 
+    def round_weights(self, w: ModelW) -> ModelW:
+        """This round's decode weights (`weights.decode_weights`) under the memory plan; logs the plan once."""
+        fp8 = self.rollout_dtype == "fp8"
+        dtype = DTYPES.get(self.rollout_dtype)
+        if dtype is None and w.has_packed:
+            dtype = next(lin.packed.dtype for layer in w.layers for lin in (layer.q, layer.o) if lin.packed)
+        dtype = dtype or w.dtype
+        keep_packed, copy_bytes = False, 0
+        if w.has_packed:
+            copy_bytes = sum(lin.packed.numel() for layer in w.layers for lin in
+                             (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down)
+                             if lin is not None and lin.packed is not None) * (1 if fp8 else dtype.itemsize)
+            mode = self.dequantize_4bit or ("copy" if copy_bytes <= COPY_SHARE * _free_bytes(w.device) else "step")
+            keep_packed = mode == "step"
+        if not self._plan_logged:
+            self._plan_logged = True
+            what = "fp8 e4m3 matrices with row scales" if fp8 else f"{str(dtype).removeprefix('torch.')} matrices"
+            if w.has_packed:
+                what += (f"; 4-bit bases dequantised inside each step (no copy; a {copy_bytes / 2**30:.1f} GiB "
+                         "copy would not fit half the free memory)" if keep_packed else
+                         f"; 4-bit bases dequantised into a {copy_bytes / 2**30:.1f} GiB per-round copy")
+            log.info("native rollout: decoding with %s", what)
+            if fp8 and any(layer.moe is not None for layer in w.layers):
+                log.warning("rollout_dtype fp8: the mixture-of-experts routers and experts stay %s; "
+                            "only the attention matrices decode in FP8", str(dtype).removeprefix("torch."))
+        self.last_stats.update(rollout_dtype="fp8" if fp8 else str(dtype).removeprefix("torch."),
+                               quant=("4bit-step" if keep_packed else "4bit-copy") if w.has_packed else None)
+        return decode_weights(w, None if keep_packed else self.merge_scope, dtype, fp8=fp8 and not keep_packed,
+                              keep_packed=keep_packed)
+
     def _rows_per_batch(self, w: ModelW, params: SamplingParams, longest_prompt: int, g: int, n_rows: int) -> int:
         """Rows per sub-batch under the memory budget; whole groups of G when possible (one prefill each)."""
         budget = self.kv_budget_bytes
         if budget is None:
-            if w.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(w.device)
-                free += torch.cuda.memory_reserved(w.device) - torch.cuda.memory_allocated(w.device)
-                budget = int(free * 0.9)
-            else:
-                budget = CPU_KV_BUDGET
+            budget = int(_free_bytes(w.device) * 0.9)
         slots = _round_up(longest_prompt + params.max_new_tokens, SLOT_ALIGN)
         # KV for every slot + [B, V] sampling temporaries (logits, scores, probs, noise, sort…) + outputs.
         per_row = slots * w.kv_bytes_per_token() + w.vocab_size * 4 * 8 + params.max_new_tokens * 16
@@ -439,6 +487,14 @@ def _compact_cache(caches: list[torch.Tensor], keep: torch.Tensor) -> list[torch
     for cache in caches:
         cache[:keep.numel()] = cache[keep]
     return [cache[:keep.numel()] for cache in caches]
+
+
+def _free_bytes(device: torch.device) -> int:
+    """Memory free for the rollout: on CUDA free plus cached-but-unused; on CPU a fixed budget."""
+    if device.type != "cuda":
+        return CPU_KV_BUDGET
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def _round_up(x: int, m: int) -> int:

@@ -77,11 +77,12 @@ def _eps(mod: torch.nn.Module) -> float:
 
 
 def _split(lin: LinearW, sizes: list[int]) -> list[LinearW]:
-    """Row slices of a fused projection (views of its weight, bias and each adapter's B)."""
-    parts, start = [], 0
+    """Row slices of a fused projection (views of its weight, bias and each adapter's B; a 4-bit
+    base is dequantised into a copy first: its packed codes do not slice by rows)."""
+    parts, start, weight = [], 0, lin.dense()
     for n in sizes:
         rows = slice(start, start + n)
-        parts.append(LinearW(lin.weight[rows], None if lin.bias is None else lin.bias[rows],
+        parts.append(LinearW(weight[rows], None if lin.bias is None else lin.bias[rows],
                              [(a, b[rows], None if bb is None else bb[rows], s) for a, b, bb, s in lin.loras]))
         start += n
     return parts
@@ -162,7 +163,7 @@ def _moe(config, mlp, p: str) -> MoeW:
 def _mlp(mlp, p: str) -> tuple[LinearW, LinearW, LinearW]:
     if hasattr(mlp, "gate_up_proj") and isinstance(mlp.gate_up_proj, torch.nn.Module):  # Phi-3
         gate_up = _linear(mlp.gate_up_proj, f"{p}.gate_up_proj")
-        half = gate_up.weight.shape[0] // 2
+        half = gate_up.dense_rows() // 2
         gate, up = _split(gate_up, [half, half])
     elif hasattr(mlp, "gate_proj"):
         gate, up = _linear(mlp.gate_proj, f"{p}.gate_proj"), _linear(mlp.up_proj, f"{p}.up_proj")

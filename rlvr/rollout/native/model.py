@@ -28,14 +28,20 @@ import torch.nn.functional as F
 
 from rlvr.rollout.native.attention import sdpa_attention
 from rlvr.rollout.native.moe import moe_mlp
+from rlvr.rollout.native.quant import fp8_linear
 from rlvr.rollout.native.weights import FusedLoraW, LayerW, LinearW, ModelW
 
 log = logging.getLogger("rlvr")
 
 
 def linear(x: torch.Tensor, lin: LinearW) -> torch.Tensor:
-    """x @ Wᵀ + b, plus each active LoRA adapter's (x @ Aᵀ @ Bᵀ) · scaling, as peft computes it."""
-    y = F.linear(x, lin.weight, lin.bias)
+    """x @ Wᵀ + b, plus each active LoRA adapter's (x @ Aᵀ @ Bᵀ) · scaling, as peft computes it.
+    W is a 16/32-bit matrix, an FP8 one with row scales (`quant.fp8_linear`), or a 4-bit base
+    dequantised here, for this one matmul."""
+    if lin.scale is not None:
+        y = fp8_linear(x, lin.weight, lin.scale, lin.bias)
+    else:
+        y = F.linear(x, lin.dense(), lin.bias)
     if not lin.loras:
         return y
     out_dtype = y.dtype

@@ -4,7 +4,12 @@
 live parameters: the decode step reads exactly the tensors the optimizer updates. A LoRA-wrapped
 Linear contributes its base weight plus (A, B, scaling) of each active adapter, applied as two
 extra small matmuls (x @ Aᵀ @ Bᵀ · scaling), so nothing is merged and there is no second copy.
+A bitsandbytes 4-bit base contributes its packed codes and block scales (`quant.Packed4bitW`).
 It is called at the start of every generate(), so adapters switched on/off or replaced are seen.
+
+`decode_weights` turns that into what one round decodes with: LoRA merged into copies (or fused),
+4-bit bases dequantised into copies (or left packed, dequantised inside the step), everything cast
+to the rollout dtype, and with FP8 every layer matrix quantised per row.
 
 Anything this reader does not understand raises `Unsupported`, and the engine falls back to hf.
 """
@@ -15,7 +20,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from rlvr.rollout.native.moe import MoeW
+from rlvr.rollout.native.moe import MoeW, grouped_mm_supported
+from rlvr.rollout.native.quant import Packed4bitW, is_packed_4bit, packed_4bit, quantize_fp8_rows
+
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")  # a LayerW's own matrices (gate/up/down None on MoE)
 
 
 class Unsupported(Exception):
@@ -24,13 +32,24 @@ class Unsupported(Exception):
 
 @dataclass
 class LinearW:
-    weight: torch.Tensor  # [out, in]
+    weight: torch.Tensor | None  # [out, in]; float8 e4m3 when `scale` is set; None when `packed` is
     bias: torch.Tensor | None = None  # [out]
     # One (A [r, in], B [out, r], B's bias or None, scaling) per active LoRA adapter.
     loras: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]] = field(default_factory=list)
+    scale: torch.Tensor | None = None  # [out] fp32: FP8 weight = weight · scale per row
+    packed: Packed4bitW | None = None  # a 4-bit base, dequantised when used
+
+    def dense_rows(self) -> int:
+        return self.packed.shape[0] if self.weight is None else self.weight.shape[0]
+
+    def dense(self) -> torch.Tensor:
+        """The weight as a dense matrix (dequantising a 4-bit base); not for FP8 ones."""
+        return self.packed.dequantize() if self.weight is None else self.weight
 
     def bytes(self) -> int:
-        n = self.weight.numel() * self.weight.element_size()
+        n = self.packed.bytes() if self.weight is None else self.weight.numel() * self.weight.element_size()
+        if self.scale is not None:
+            n += self.scale.numel() * 4
         for a, b, _, _ in self.loras:
             n += a.numel() * a.element_size() + b.numel() * b.element_size()
         return n
@@ -118,6 +137,12 @@ class ModelW:
     def vocab_size(self) -> int:
         return self.lm_head.weight.shape[0]
 
+    @property
+    def has_packed(self) -> bool:
+        """Whether some layer matrix is a 4-bit base."""
+        return any(lin is not None and lin.packed is not None
+                   for layer in self.layers for lin in (getattr(layer, n) for n in PROJECTIONS))
+
     def kv_bytes_per_token(self) -> int:
         """Bytes of K and V cached per token over all layers."""
         return 2 * len(self.layers) * self.n_kv_heads * self.head_dim * self.embed.element_size()
@@ -126,29 +151,36 @@ class ModelW:
         """Bytes one decode step reads from the weights (the embedding only via the tied head)."""
         n = self.lm_head.bytes() + sum(t.numel() * t.element_size() for t in (self.norm,))
         for layer in self.layers:
-            n += sum(lin.bytes() for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down)
-                     if lin is not None)
+            n += sum(getattr(layer, name).bytes() for name in used_projections(layer))
             n += layer.moe.active_bytes() if layer.moe is not None else 0  # the k experts a token uses
         return n
 
 
 def _merged(lin: LinearW) -> LinearW:
-    """A copy with every adapter folded in: W + scaling · B @ A (summed in fp32, cast to W's dtype)."""
-    weight = lin.weight.float()
-    bias = None if lin.bias is None else lin.bias.float()
-    for a, b, b_bias, scaling in lin.loras:
-        weight = weight + scaling * (b.float() @ a.float())
-        if b_bias is not None:
-            bias = scaling * b_bias.float() if bias is None else bias + scaling * b_bias.float()
-    return LinearW(weight.to(lin.weight.dtype), None if bias is None else bias.to(lin.weight.dtype))
+    """A copy with every adapter folded in: W + scaling · B @ A (see `_stacked`)."""
+    return _stacked([lin])
 
 
 def _stacked(lins: list[LinearW]) -> LinearW:
-    """Merged copies of `lins` stacked along the output dim (one matmul instead of several)."""
-    merged = [_merged(lin) for lin in lins]
-    biases = [m.bias if m.bias is not None else torch.zeros_like(m.weight[:, 0]) for m in merged]
-    has_bias = any(m.bias is not None for m in merged)
-    return LinearW(torch.cat([m.weight for m in merged]), torch.cat(biases) if has_bias else None)
+    """Merged copies of `lins` stacked along the output dim (one matmul instead of several), made
+    with one kernel per matrix: the bases copied into one tensor, then each adapter added in place
+    by `addmm_` (W += scaling · B @ A, accumulated in fp32 and rounded once to W's dtype; adapters
+    kept in another dtype, e.g. fp32 over a bf16 base, are cast to W's for the product)."""
+    weight = torch.cat([lin.dense() for lin in lins]) if len(lins) > 1 else lins[0].dense().clone()
+    biases, row = [], 0
+    for lin in lins:
+        rows = weight[row:row + lin.dense_rows()]
+        bias = None if lin.bias is None else lin.bias.float()
+        for a, b, b_bias, scaling in lin.loras:
+            rows.addmm_(b.to(weight.dtype), a.to(weight.dtype), alpha=scaling)
+            if b_bias is not None:
+                bias = scaling * b_bias.float() if bias is None else bias + scaling * b_bias.float()
+        biases.append(bias)
+        row += rows.shape[0]
+    if all(b is None for b in biases):
+        return LinearW(weight)
+    return LinearW(weight, torch.cat([torch.zeros(lin.dense_rows(), device=weight.device) if b is None else b
+                                      for lin, b in zip(lins, biases)]).to(weight.dtype))
 
 
 MERGE_SCOPES = ("all", "attention")
@@ -165,19 +197,18 @@ def merge_lora(w: ModelW, scope: str = "all") -> ModelW:
     """
     if scope not in MERGE_SCOPES:
         raise ValueError(f"merge scope must be one of {MERGE_SCOPES}, got {scope!r}")
-    layers = []
-    for layer in w.layers:
-        attn, mlp = [layer.q, layer.k, layer.v], [layer.gate, layer.up]
-        qkv = _stacked(attn) if any(lin.loras for lin in attn) else None
-        merged = replace(layer, qkv=qkv, o=_merged(layer.o) if layer.o.loras else layer.o)
-        if scope == "all" and layer.moe is None:
-            gate_up = _stacked(mlp) if any(lin.loras for lin in mlp) else None
-            merged = replace(merged, gate_up=gate_up,
-                             down=_merged(layer.down) if layer.down.loras else layer.down)
-        else:
-            merged = _fuse_layer(merged, attention=False)
-        layers.append(merged)
+    layers = [_merge_layer(layer, scope) for layer in w.layers]
     return replace(w, layers=layers, lm_head=_merged(w.lm_head) if w.lm_head.loras else w.lm_head)
+
+
+def _merge_layer(layer: LayerW, scope: str) -> LayerW:
+    attn, mlp = [layer.q, layer.k, layer.v], [layer.gate, layer.up]
+    qkv = _stacked(attn) if any(lin.loras for lin in attn) else None
+    merged = replace(layer, qkv=qkv, o=_merged(layer.o) if layer.o.loras else layer.o)
+    if scope == "all" and layer.moe is None:
+        gate_up = _stacked(mlp) if any(lin.loras for lin in mlp) else None
+        return replace(merged, gate_up=gate_up, down=_merged(layer.down) if layer.down.loras else layer.down)
+    return _fuse_layer(merged, attention=False)
 
 
 def fuse_lora(w: ModelW) -> ModelW:
@@ -201,7 +232,102 @@ def _fuse_layer(layer: LayerW, attention: bool = True) -> LayerW:
 
 
 def _base(lin: LinearW) -> LinearW:
-    return LinearW(lin.weight, lin.bias)
+    return replace(lin, loras=[])
+
+
+def decode_weights(w: ModelW, scope: str | None, dtype: torch.dtype | None = None, fp8: bool = False,
+                   keep_packed: bool = False) -> ModelW:
+    """The weights one round decodes with, made layer by layer (so at most one layer's temporaries
+    exist at a time): cast to `dtype` (the norms, embedding, head and 16-bit matrices; a 4-bit base
+    then dequantises to it), 4-bit bases dequantised into copies unless `keep_packed` (then the step
+    dequantises each matrix when it uses it, and adapters are never merged: merging needs the
+    dense copy), LoRA merged into copies of the adapted matrices (`scope`, as `merge_lora`) or run
+    fused (`fuse_lora`), and with `fp8` every layer matrix quantised per row into an FP8 copy
+    (q/k/v and gate/up stacked when no unmerged adapter reads them). The head stays in `dtype`:
+    the sampled log-probs come from it."""
+    if dtype is not None and dtype != w.dtype:
+        w = _cast(w, dtype)
+    if keep_packed and w.has_packed:
+        scope = None
+    layers = []
+    for layer in w.layers:
+        layer = _merge_layer(layer, scope) if scope else _fuse_layer(layer)  # merging dequantises on the fly
+        if fp8:
+            layer = _fp8_layer(layer)
+        elif not keep_packed:  # only what the step reads: q/k/v stay packed references once merged into qkv
+            layer = replace(layer, **{n: _unpacked(getattr(layer, n)) for n in used_projections(layer)})
+        layers.append(layer)
+    lm_head = _unpacked(w.lm_head)
+    return replace(w, layers=layers, lm_head=_merged(lm_head) if scope and lm_head.loras else lm_head)
+
+
+def _unpacked(lin: LinearW) -> LinearW:
+    return lin if lin.packed is None else replace(lin, weight=lin.packed.dequantize(), packed=None)
+
+
+def _fp8_layer(layer: LayerW) -> LayerW:
+    """Every matrix of the layer as an FP8 copy with row scales; q/k/v and gate/up stacked first
+    where nothing but their own (possibly merged) weights reads them. A MoE layer's router and
+    experts stay in the rollout dtype (only its attention matrices are FP8)."""
+    attn, mlp = [layer.q, layer.k, layer.v], [layer.gate, layer.up]
+    if layer.qkv is None and layer.qkv_lora is None and not any(lin.loras for lin in attn):
+        layer = replace(layer, qkv=_stacked(attn))
+    if (layer.moe is None and layer.gate_up is None and layer.gate_up_lora is None
+            and not any(lin.loras for lin in mlp)):
+        layer = replace(layer, gate_up=_stacked(mlp))
+    return replace(layer, **{n: _fp8(getattr(layer, n)) for n in used_projections(layer)})
+
+
+def used_projections(layer: LayerW) -> list[str]:
+    """The LayerW matrices the decode step reads: the stacked copies where they exist, else their
+    parts (a MoE layer's experts are not LinearW: only its attention matrices are listed)."""
+    names = ["o"]
+    names += ["qkv"] if layer.qkv is not None else ["q", "k", "v"]
+    if layer.moe is None:
+        names += ["down"]
+        names += ["gate_up"] if layer.gate_up is not None else ["gate", "up"]
+    return names
+
+
+def _fp8(lin: LinearW) -> LinearW:
+    weight, scale = quantize_fp8_rows(lin.dense())
+    return replace(lin, weight=weight, scale=scale, packed=None)
+
+
+def _cast(w: ModelW, dtype: torch.dtype) -> ModelW:
+    """`w` with its floating tensors in `dtype` (each tensor cast once: a tied head stays shared);
+    LoRA adapters keep their dtype (the step casts around them), 4-bit bases dequantise to `dtype`."""
+    done: dict[int, torch.Tensor] = {}
+
+    def t(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None or x.dtype == dtype:
+            return x
+        if id(x) not in done:
+            done[id(x)] = x.to(dtype)
+        return done[id(x)]
+
+    def lin(m: LinearW | None) -> LinearW | None:
+        if m is None:
+            return None
+        packed = None if m.packed is None else replace(m.packed, dtype=dtype)
+        return replace(m, weight=t(m.weight), bias=t(m.bias), packed=packed)
+
+    def moe(m: MoeW | None) -> MoeW | None:
+        if m is None:
+            return None
+        gate_up = t(m.gate_up)
+        return replace(m, router=t(m.router), gate_up=gate_up, down=t(m.down), router_bias=t(m.router_bias),
+                       gate_up_bias=t(m.gate_up_bias), down_bias=t(m.down_bias),
+                       grouped=grouped_mm_supported(gate_up))
+
+    # Gemma's norm weights hold 1 + w in fp32 (applied before the cast back): they stay fp32.
+    nrm = (lambda x: x) if w.arch.gemma_norm else t
+    layers = [replace(layer, input_norm=nrm(layer.input_norm), post_norm=nrm(layer.post_norm),
+                      q_norm=nrm(layer.q_norm), k_norm=nrm(layer.k_norm), attn_out_norm=nrm(layer.attn_out_norm),
+                      mlp_out_norm=nrm(layer.mlp_out_norm), sinks=t(layer.sinks), moe=moe(layer.moe),
+                      **{n: lin(getattr(layer, n)) for n in PROJECTIONS})
+              for layer in w.layers]
+    return replace(w, embed=t(w.embed), norm=nrm(w.norm), lm_head=lin(w.lm_head), layers=layers)
 
 
 def _fused(lins: list[LinearW]) -> FusedLoraW | None:
@@ -225,20 +351,25 @@ def _fused(lins: list[LinearW]) -> FusedLoraW | None:
 def _linear(mod: torch.nn.Module, name: str) -> LinearW:
     """The weight, bias and active LoRA adapters of a Linear or a peft lora.Linear wrapping one."""
     if hasattr(mod, "base_layer") and hasattr(mod, "lora_A"):
-        base = mod.base_layer
-        if type(base) is not torch.nn.Linear:
-            raise Unsupported(f"{name}: LoRA over {type(base).__name__} (quantized?)")
+        base = _plain_linear(mod.base_layer, name)
         if getattr(mod, "lora_variant", None) or any(getattr(mod, "use_dora", {}).values()):
             raise Unsupported(f"{name}: DoRA / LoRA variants")
         if mod.disable_adapters:
             if mod.merged:
                 raise Unsupported(f"{name}: adapters disabled while merged")
-            return LinearW(base.weight, base.bias)
+            return base
         if mod.merged:
-            return LinearW(base.weight, base.bias)
+            return base
         loras = [(mod.lora_A[a].weight, mod.lora_B[a].weight, mod.lora_B[a].bias, float(mod.scaling[a]))
                  for a in mod.active_adapters if a in mod.lora_A]
-        return LinearW(base.weight, base.bias, loras)
+        return replace(base, loras=loras)
+    return _plain_linear(mod, name)
+
+
+def _plain_linear(mod: torch.nn.Module, name: str) -> LinearW:
+    """A torch Linear with float weights, or a bitsandbytes Linear4bit (its packed 4-bit weight)."""
+    if type(mod).__name__ == "Linear4bit" and is_packed_4bit(mod.weight):
+        return LinearW(None, mod.bias, packed=packed_4bit(mod.weight))
     if type(mod) is not torch.nn.Linear:
         raise Unsupported(f"{name}: {type(mod).__name__} is not a plain Linear")
     if not mod.weight.is_floating_point():
