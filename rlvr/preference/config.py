@@ -56,6 +56,7 @@ class PreferenceTrainingConfig:
     report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
     max_nonfinite_steps: int = 5  # rlvr: stop after this many steps in a row with a NaN/inf loss or gradient
     logprob_chunk_elements: int = 1 << 26  # rlvr: fp32 logits alive at once in the chunked log-prob path
+    ddp_timeout: int = 1800  # seconds a rank waits for the others in a collective before the job stops
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
