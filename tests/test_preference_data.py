@@ -17,13 +17,12 @@ from rlvr.data.preferences import (
     prepare_unpaired_examples,
     wrong_solution,
 )
-from rlvr.data.templates import IGNORE_INDEX
+from rlvr.data.templates import IGNORE_INDEX, pad_batch
 from rlvr.errors import RlvrError
 from rlvr.preference.batches import completion_tokens, encode_pairs, encode_unpaired, length_sorted_micro_batches
 from rlvr.preference.config import CPOConfig, DPOConfig, KTOConfig, ORPOConfig
 from rlvr.preference.logprobs import reference_logprobs, sequence_logprobs
 from rlvr.rewards import correctness_reward
-from rlvr.sft.trainer import pad_batch
 
 SKY = [{"role": "user", "content": "What color is the sky?"}]
 

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from rlvr.errors import RlvrError
 
 log = logging.getLogger("rlvr")
@@ -213,3 +215,16 @@ def _is_special(tokenizer: Any, token_id: int) -> bool:
         return True
     added = getattr(tokenizer, "added_tokens_decoder", {}).get(token_id)
     return bool(added is not None and getattr(added, "special", False))
+
+
+def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-pad (input_ids, labels) pairs: (input_ids, attention_mask, labels), each [B, T]."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+        mask[i, :len(x)] = 1
+    return ids, mask, labels

@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from rlvr.data.templates import IGNORE_INDEX
+from rlvr.data.templates import IGNORE_INDEX, pad_batch
 from rlvr.models.forward import labelled_logprobs
 from rlvr.models.logprobs import DEFAULT_CHUNK_ELEMENTS
 from rlvr.preference.batches import Encoded, length_sorted_micro_batches
-from rlvr.sft.trainer import pad_batch
 
 
 def sequence_logprobs(

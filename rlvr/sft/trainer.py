@@ -12,26 +12,13 @@ import math
 import torch
 
 from rlvr.config import SFTConfig
-from rlvr.data.templates import IGNORE_INDEX, encode_sft_example
+from rlvr.data.templates import IGNORE_INDEX, encode_sft_example, pad_batch
 from rlvr.distributed.context import env_world_size
 from rlvr.distributed.sharding import rank_micro_batches
 from rlvr.errors import RlvrError
 from rlvr.models.forward import labelled_logprobs
 from rlvr.train.core import TrainerCore
 from rlvr.train.update import StepCounts
-
-
-def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Right-pad (input_ids, labels) pairs: (input_ids, attention_mask, labels), each [B, T]."""
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        ids[i, :len(x)] = torch.tensor(x)
-        labels[i, :len(y)] = torch.tensor(y)
-        mask[i, :len(x)] = 1
-    return ids, mask, labels
 
 
 class SFTTrainer(TrainerCore):
