@@ -27,7 +27,7 @@ DEMO_COMPLETION_TOKENS = 44
 # One dict per stage's `train` section; model/data/rewards/eval are shared by all stages.
 DEMO_CONFIG: dict = {
     "model": {"model_name_or_path": "smollm2-135m-instruct", "dtype": "float32", "lora_rank": 16, "lora_alpha": 32},
-    "data": {"dataset": "builtin:arithmetic", "limit": 400, "eval_size": 128, "seed": 0,
+    "data": {"dataset": "builtin:arithmetic", "limit": 400, "eval_size": 100, "seed": 0,
              "system_prompt": "Reply in <reasoning> and <answer> tags."},
     "rewards": ["gsm8k"],
     "eval": {"max_new_tokens": DEMO_COMPLETION_TOKENS, "batch_size": 128, "seed": 1234, "rollout_backend": "native"},

@@ -178,3 +178,40 @@ def test_memory_estimate_is_written_and_adds_up(tmp_path):
     phases = max(est["kv_cache"] + est["decode_copy"], est["activations"] + est["loss_workspace"])
     assert est["peak"] == pytest.approx(fixed + phases, abs=2e-3)
     assert est["decode_copy"] == 0.0  # hf backend on CPU: no merged copy
+
+
+def step_with_masked_rows(tmp_path, monkeypatch, skip: bool, **kw):
+    """One step on a round whose rows 1, 2 and 5 are masked out of the loss entirely (as
+    mask_truncated_completions masks truncated completions): (grads, metrics, rows forwarded)."""
+    import rlvr.grpo.trainer as trainer_module
+
+    if not skip:
+        monkeypatch.setattr(trainer_module, "rows_in_the_loss", lambda index, mask: index)
+    tok = make_tokenizer()
+    cfg = args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, steps_per_generation=2, **kw)
+    trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), cfg, show_progress=False)
+    grads, forwarded = [], []
+    trainer.update.optimizer.step = lambda: grads.append(
+        [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad])
+    policy_logps = trainer._policy_logps
+    trainer._policy_logps = lambda mb, with_entropy: (forwarded.append(mb.completion_ids.shape[0]),
+                                                      policy_logps(mb, with_entropy))[1]
+    trainer.batch, _, _ = trainer.make_round(0)
+    trainer.batch.completion_mask[[1, 2, 5]] = 0
+    metrics = trainer.train_step([torch.arange(0, 4), torch.arange(4, 8)])
+    return grads[0], metrics, forwarded
+
+
+@pytest.mark.parametrize("variant", [dict(loss_type="grpo"), dict(loss_type="bnpo"), dict(loss_type="dr_grpo"),
+                                     dict(loss_type="dapo"), dict(importance_sampling_level="sequence")],
+                         ids=["grpo", "bnpo", "dr_grpo", "dapo", "gspo"])
+def test_rows_masked_out_of_the_loss_are_not_forwarded_and_change_nothing(tmp_path, monkeypatch, variant):
+    grads, metrics, forwarded = step_with_masked_rows(tmp_path / "skip", monkeypatch, True, **variant)
+    monkeypatch.undo()
+    all_grads, all_metrics, all_forwarded = step_with_masked_rows(tmp_path / "all", monkeypatch, False, **variant)
+    assert all_forwarded == [4, 4] and forwarded == [2, 3]
+    assert sum(g.abs().sum() for g in grads) > 0
+    for a, b in zip(grads, all_grads):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    for key in ("loss", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
+        assert metrics[key] == pytest.approx(all_metrics[key], rel=1e-5, abs=1e-7), key

@@ -17,6 +17,7 @@ from transformers.generation.logits_process import (
 from rlvr.rollout.engine import SamplingParams
 from rlvr.rollout.sampling import (
     apply_repetition_penalty,
+    exponential_noise_,
     min_p_filter,
     process_logits,
     sample,
@@ -128,6 +129,17 @@ def test_greedy_and_seeded_noise():
     a = sample(logits, p, torch.Generator().manual_seed(3))
     b = sample(logits, p, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_cpu_noise_is_exponential():
+    """The CPU's -log U draws have Exp(1)'s quantiles (P(E > x) = e^-x) and moments, and are seeded."""
+    draws = exponential_noise_(torch.empty(400_000), torch.Generator().manual_seed(5))
+    for x in (0.05, 0.5, 1.0, 2.0, 4.0):
+        assert abs(float((draws > x).float().mean()) - math.exp(-x)) < 0.003
+    assert abs(float(draws.mean()) - 1.0) < 0.01 and abs(float(draws.var()) - 1.0) < 0.03
+    assert bool((draws > 0).all())
+    again = exponential_noise_(torch.empty(400_000), torch.Generator().manual_seed(5))
+    assert torch.equal(draws, again)
 
 
 def test_sample_is_the_exponential_race_on_probabilities():

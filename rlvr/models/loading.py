@@ -16,6 +16,7 @@ import torch
 from rlvr.config import ModelConfig
 from rlvr.errors import RlvrError
 from rlvr.models.adapter_checks import check_adapter_fits, warn_if_other_base
+from rlvr.models.gguf_reads import shared_gguf_reads
 from rlvr.models.lora_targets import adapted_modules, lora_targets
 
 log = logging.getLogger("rlvr")
@@ -170,8 +171,9 @@ def load_model(
     if load_in_4bit:
         kwargs["quantization_config"] = _bnb_4bit_config(device, torch_dtype)
         kwargs["device_map"] = {"": device.index or 0}
-    tokenizer = load_tokenizer(source, gguf, trust_remote_code)
-    model = load_causal_lm(source, gguf, **kwargs)
+    with shared_gguf_reads():  # a GGUF is parsed once for the tokenizer, the config and the tensors
+        tokenizer = load_tokenizer(source, gguf, trust_remote_code)
+        model = load_causal_lm(source, gguf, **kwargs)
     if not load_in_4bit:
         model.to(device)
     if model.generation_config.pad_token_id is None:

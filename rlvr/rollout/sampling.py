@@ -93,6 +93,16 @@ def process_logits(
     return min_p_filter(scores, params.min_p)
 
 
+def exponential_noise_(noise: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill `noise` with Exp(1) draws in place. On CUDA `exponential_`; on a CPU as -log U with U
+    uniform in [0, 1) (the same distribution), because the CPU `exponential_` kernel is about 3x
+    slower: 20 ms vs 6 ms for a [16, 49152] draw on a 2-core AVX2 EPYC, a tenth of a decode step of
+    SmolLM2-135M there. U = 0 gives +inf, which never wins the race."""
+    if noise.device.type == "cuda":
+        return noise.exponential_(generator=generator)
+    return noise.uniform_(generator=generator).log_().neg_()
+
+
 def sample(
     logits: torch.Tensor,  # [B, V] raw logits
     params: SamplingParams,
@@ -106,7 +116,7 @@ def sample(
     if not params.do_sample:
         return scores.argmax(dim=-1)
     if noise is None:
-        noise = torch.empty_like(scores).exponential_(generator=generator)
+        noise = exponential_noise_(torch.empty_like(scores), generator)
     # argmax(probs / noise) in log form: log probs differ from scores by a per-row constant, so no
     # softmax pass is needed, and tiny probabilities do not underflow to 0. The clamp keeps a zero
     # draw finite (a filtered token's -inf then stays -inf instead of becoming NaN).

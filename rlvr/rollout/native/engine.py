@@ -27,7 +27,7 @@ from rlvr.rollout.native.families import read_weights, without_long_windows
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
 from rlvr.rollout.native.quant import fp8_supported
 from rlvr.rollout.native.weights import ModelW, Unsupported, decode_weights
-from rlvr.rollout.sampling import sample, seen_tokens, token_logprobs
+from rlvr.rollout.sampling import exponential_noise_, sample, seen_tokens, token_logprobs
 
 log = logging.getLogger("rlvr")
 
@@ -383,7 +383,7 @@ class NativeEngine:
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=dev)
         lp_temp = params.temperature if params.temperature > 0 else 1.0
         if st.noise is not None:
-            st.noise.exponential_(generator=gen)
+            exponential_noise_(st.noise, gen)
         _emit(st, first_logits[row_prompt_t], params, eos, pad, lp_temp)
 
         # Results of rows removed by compaction are parked here, by their row in this sub-batch.
@@ -419,7 +419,7 @@ class NativeEngine:
                     runner = make_runner()
                     stats["compactions"] += 1
             if st.noise is not None:
-                st.noise.exponential_(generator=gen)
+                exponential_noise_(st.noise, gen)
             slot = p + t - 1  # the cache column this step writes; the step attends up to it
             runner(min(slots, _round_up(slot + 1, self.kv_bucket)))
         _park(final_tok, final_logp, final_len, row_ids, st)
