@@ -29,7 +29,10 @@ DEMO_CONFIG: dict = {
     "model": {"model_name_or_path": "smollm2-135m-instruct", "dtype": "float32", "lora_rank": 16, "lora_alpha": 32},
     "data": {"dataset": "builtin:arithmetic", "limit": 400, "eval_size": 100, "seed": 0,
              "system_prompt": "Reply in <reasoning> and <answer> tags."},
-    "rewards": ["gsm8k"],
+    # Correctness (2.0) and the strict layout (0.5) only: with the full gsm8k set (int, soft format and
+    # XML-count rewards too) GRPO sometimes learned `<reasoning>17</reasoning><answer>32</answer>`,
+    # paid for by the easy rewards, and lost accuracy (bench/results/2026-12-03-demo-sweep-h200.jsonl).
+    "rewards": ["correctness", "strict_format"],
     "eval": {"max_new_tokens": DEMO_COMPLETION_TOKENS, "batch_size": 128, "seed": 1234, "rollout_backend": "native"},
 }
 # `bf16` (autocast, fp32 weights and optimizer kept) is the demo's one precision switch, the same in
@@ -38,7 +41,7 @@ DEMO_CONFIG: dict = {
 # fp32, so there the core computes in fp32 and says why (rlvr/models/precision.py).
 DEMO_SFT: dict = {"output_dir": "sft", "learning_rate": 2e-4, "per_device_train_batch_size": 8,
                   "num_train_epochs": 1.0, "max_length": 128, "bf16": True}
-DEMO_GRPO: dict = {"output_dir": "grpo", "learning_rate": 2e-4, "num_generations": 8,
+DEMO_GRPO: dict = {"output_dir": "grpo", "learning_rate": 1e-4, "num_generations": 8,
                    "per_device_train_batch_size": 16, "max_steps": 16,
                    "max_completion_length": DEMO_COMPLETION_TOKENS, "bf16": True,
                    # On a CPU the native engine's log-probs equal the trainer's, so the TIS correction's
@@ -47,7 +50,9 @@ DEMO_GRPO: dict = {"output_dir": "grpo", "learning_rate": 2e-4, "num_generations
                    # Truncated completions (no EOS within 44 tokens) are left out of the loss, as in DAPO:
                    # without this, GRPO rewarded correct answers followed by repeated closing tags, and the
                    # strict format collapsed to 0% (a 7-setting sweep on 2026-12-03; bench/results/).
-                   "temperature": 1.0, "mask_truncated_completions": True,
+                   # Sampling at 0.7 with lr 1e-4 raised held-out accuracy over the warm-up for each of 14
+                   # seeds (+4 to +19 points; 1.0 and 2e-4 lost accuracy for 2 of 4: the same sweep file).
+                   "temperature": 0.7, "mask_truncated_completions": True,
                    "beta": 0.0, "optim": "adamw_torch", "save_steps": 8,
                    "warmup_ratio": 0.1, "completions_log_steps": 4}
 DEMO_SFT_EXAMPLES = 160  # the first examples warm up; GRPO draws its prompts from the rest

@@ -118,6 +118,12 @@ def test_model_must_sit_on_the_ranks_device():
     with pytest.raises(RlvrError, match="the model is on cpu"):
         check_model_device(gpu1, torch.device("cpu"))
     check_model_device(DistContext(), torch.device("cpu"))
+    # One process without torchrun on a GPU machine: its model on any GPU (load_model puts it on cuda:0).
+    one_gpu_process = DistContext(device=torch.device("cuda"))
+    for index in (0, 1, None):
+        check_model_device(one_gpu_process, torch.device("cuda", index))
+    with pytest.raises(RlvrError, match="the model is on cpu"):
+        check_model_device(one_gpu_process, torch.device("cpu"))
 
 
 def test_launcher_argv():

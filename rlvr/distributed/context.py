@@ -128,7 +128,9 @@ def init_distributed(device_type: str | None = None, timeout_s: float = DEFAULT_
 
 def check_model_device(ctx: DistContext, device: torch.device) -> None:
     """The model of rank r must sit on rank r's device (cuda:LOCAL_RANK), not where it happened to load."""
-    if device.type != ctx.device.type or (device.type == "cuda" and device.index not in (None, ctx.device.index)):
+    # One process (no torchrun) trains wherever its model is: cuda:1 as well as cuda:0 or "cuda".
+    other_gpu = ctx.world_size > 1 and device.type == "cuda" and device.index not in (None, ctx.device.index)
+    if device.type != ctx.device.type or other_gpu:
         raise RlvrError(f"rank {ctx.rank}: the model is on {device} but this rank trains on {ctx.device}; load it "
                         "after rlvr joined the process group (torch.cuda.set_device(LOCAL_RANK)) or on that device")
 
