@@ -336,13 +336,25 @@ class EvalConfig:
 
 
 @dataclass
+class RewardWeighting:
+    """What a command that trains nothing (`rlvr eval`, `rlvr export`) reads of the train section: the
+    weights GRPO combined the rewards with (GRPOConfig.reward_weights), so evaluation weighs them as
+    training did. The section's other settings belong to whichever trainer it configures."""
+
+    reward_weights: list[float] | None = None
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
 class RunConfig:
     """A whole run, as one YAML file."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rewards: list[str] = field(default_factory=lambda: ["gsm8k"])
-    train: Any = None  # GRPOConfig or SFTConfig, by command
+    train: Any = None  # GRPOConfig, SFTConfig, a preference config, by command; RewardWeighting for eval
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
@@ -449,11 +461,16 @@ def config_from_dict(raw: dict, train_cls: type | None = GRPOConfig, where: str 
         model=build(ModelConfig, raw.get("model"), "model"),
         data=build(DataConfig, raw.get("data"), "data"),
         rewards=rewards,
-        train=build(train_cls, raw.get("train"), "train") if train_cls else None,
+        train=build(train_cls, raw.get("train"), "train") if train_cls else _reward_weighting(raw.get("train")),
         eval=build(EvalConfig, raw.get("eval"), "eval"),
     )
     cfg.validate()
     return cfg
+
+
+def _reward_weighting(train: Any) -> RewardWeighting:
+    keep = {"reward_weights": train["reward_weights"]} if isinstance(train, dict) and "reward_weights" in train else {}
+    return build(RewardWeighting, keep, "train")
 
 
 def to_dict(cfg: Any) -> dict:
