@@ -163,3 +163,21 @@ def test_a_reward_error_names_the_step_it_happened_in(tmp_path, capsys, model_di
     config = write(tmp_path, model_dir, rewards=(":boom",))
     assert_refused(*cli(capsys, "train", config), "reward function 'boom' raised ValueError", "at step 1")
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "gpt_oss"])
+def test_a_model_without_sdpa_evaluates_with_the_default_setting_and_one_warning(kind, tmp_path, capsys, caplog):
+    import logging
+
+    from families import family_model
+
+    tok = make_tokenizer()
+    folder = tmp_path / kind
+    family_model(kind, len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    config = write(tmp_path, folder, data={"eval_size": 1}, eval={"max_new_tokens": 2})
+    with caplog.at_level(logging.WARNING, logger="rlvr"):
+        assert cli(capsys, "eval", config)[0] == 0  # model.attn_implementation left at its default, sdpa
+    assert [r.getMessage() for r in caplog.records if "attn_implementation" in r.getMessage()] == [
+        f"model.attn_implementation 'sdpa' is not supported by {family_model(kind, 8).__class__.__name__}; "
+        "using 'eager' (set model.attn_implementation to choose)"]
