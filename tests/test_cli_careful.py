@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_model, make_tokenizer
+from conftest import make_tokenizer
 
 from rlvr.cli import main
 from rlvr.config import DEFAULT_LORA_TARGETS, config_from_dict
@@ -25,31 +25,11 @@ def boom(prompts, completions, **kw):
 '''
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = make_tokenizer()
-    model = make_model("llama", vocab_size=len(tok))
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was checked")
-
-    monkeypatch.setattr("rlvr.models.load_model_from_config", refuse)
-
-
-def write(tmp_path: Path, model_dir: Path, rewards=("correctness",), **sections) -> Path:
+def write(tmp_path: Path, tiny_model_dir: Path, rewards=("correctness",), **sections) -> Path:
     (tmp_path / "my_rewards.py").write_text(REWARDS)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"question": f"{i}+{i}?", "answer": str(2 * i)}) + "\n" for i in range(12)))
-    config = {"model": {"model_name_or_path": str(model_dir), "lora_rank": 4},
+    config = {"model": {"model_name_or_path": str(tiny_model_dir), "lora_rank": 4},
               "data": {"dataset": str(data), "system_prompt": "Add.", "eval_size": 3},
               "rewards": [r if ":" not in r else f"{tmp_path / 'my_rewards.py'}{r}" for r in rewards],
               "eval": {"max_new_tokens": 6, "rollout_backend": "hf"}}
@@ -82,10 +62,10 @@ def assert_refused(code, lines, *needles):
 # ---------------------------------------------------------------- rlvr eval
 
 
-def test_eval_weighs_the_rewards_with_the_train_sections_reward_weights(tmp_path, capsys, model_dir):
+def test_eval_weighs_the_rewards_with_the_train_sections_reward_weights(tmp_path, capsys, tiny_model_dir):
     # Weights 3 and 0.5: the weighted mean equals the plain sum only if length_mod_3 averaged 0.25, which
     # three completions cannot.
-    config = write(tmp_path, model_dir, rewards=(":length_mod_3", ":one"), train={"reward_weights": [3.0, 0.5]})
+    config = write(tmp_path, tiny_model_dir, rewards=(":length_mod_3", ":one"), train={"reward_weights": [3.0, 0.5]})
     assert cli(capsys, "eval", config, "--output", tmp_path / "eval.json")[0] == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     means = result["rewards"]
@@ -104,10 +84,10 @@ def test_eval_reads_only_the_reward_weights_of_a_train_section():
     ((":length_mod_3", ":one"), {"reward_weights": [1.0]}, "reward_weights has 1 values for 2 reward functions"),
 ])
 @pytest.mark.parametrize("compare", [False, True])
-def test_eval_checks_the_rewards_before_the_model_loads(tmp_path, capsys, model_dir, no_model_loads, rewards, train,
-                                                       needle, compare):
+def test_eval_checks_the_rewards_before_the_model_loads(tmp_path, capsys, tiny_model_dir, no_model_loads, rewards,
+                                                       train, needle, compare):
     extra = ["--compare", "base=base", "--output-dir", tmp_path / "cmp"] if compare else []
-    assert_refused(*cli(capsys, "eval", write(tmp_path, model_dir, rewards=rewards, train=train), *extra), needle)
+    assert_refused(*cli(capsys, "eval", write(tmp_path, tiny_model_dir, rewards=rewards, train=train), *extra), needle)
     assert not (tmp_path / "cmp").exists()
 
 
@@ -125,8 +105,8 @@ def test_preference_max_steps_zero_is_refused(tmp_path, capsys, command):
 # ---------------------------------------------------------------- rlvr train (GRPO)
 
 
-def test_grpo_resume_refuses_a_changed_num_generations(tmp_path, capsys, model_dir):
-    config = write(tmp_path, model_dir, train={"max_steps": 1})
+def test_grpo_resume_refuses_a_changed_num_generations(tmp_path, capsys, tiny_model_dir):
+    config = write(tmp_path, tiny_model_dir, train={"max_steps": 1})
     assert cli(capsys, "train", config)[0] == 0
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert_refused(*cli(capsys, "train", config, "--resume", "--set", "train.num_generations=2",
@@ -134,23 +114,23 @@ def test_grpo_resume_refuses_a_changed_num_generations(tmp_path, capsys, model_d
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
 
 
-def test_grpo_identical_configs_and_seeds_give_identical_adapters(tmp_path, capsys, model_dir):
+def test_grpo_identical_configs_and_seeds_give_identical_adapters(tmp_path, capsys, tiny_model_dir):
     adapters = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        config = write(tmp_path, model_dir, train={"output_dir": str(tmp_path / name), "seed": seed})
+        config = write(tmp_path, tiny_model_dir, train={"output_dir": str(tmp_path / name), "seed": seed})
         assert cli(capsys, "train", config)[0] == 0
         adapters.append((tmp_path / name / "final" / "adapter_model.safetensors").read_bytes())
     assert adapters[0] == adapters[1]
     assert adapters[0] != adapters[2]
 
 
-def test_grpo_records_cut_prompts_the_backend_and_the_adapted_modules(tmp_path, capsys, model_dir):
+def test_grpo_records_cut_prompts_the_backend_and_the_adapted_modules(tmp_path, capsys, tiny_model_dir):
     tok = make_tokenizer()
     shortest = tok.apply_chat_template([{"role": "system", "content": "Add."}, {"role": "user", "content": "0+0?"}],
                                        add_generation_prompt=True, tokenize=True)
     if not isinstance(shortest, list):
         shortest = shortest["input_ids"]
-    config = write(tmp_path, model_dir, train={"max_prompt_length": len(shortest) - 1})  # every question is cut
+    config = write(tmp_path, tiny_model_dir, train={"max_prompt_length": len(shortest) - 1})  # every question is cut
     assert cli(capsys, "train", config)[0] == 0
     metrics = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [m["prompts/truncated"] for m in metrics] == [2, 2]  # both prompts of each round
@@ -159,8 +139,8 @@ def test_grpo_records_cut_prompts_the_backend_and_the_adapted_modules(tmp_path, 
     assert sorted(run["lora_target_modules"]) == sorted(DEFAULT_LORA_TARGETS)
 
 
-def test_a_reward_error_names_the_step_it_happened_in(tmp_path, capsys, model_dir):
-    config = write(tmp_path, model_dir, rewards=(":boom",))
+def test_a_reward_error_names_the_step_it_happened_in(tmp_path, capsys, tiny_model_dir):
+    config = write(tmp_path, tiny_model_dir, rewards=(":boom",))
     assert_refused(*cli(capsys, "train", config), "reward function 'boom' raised ValueError", "at step 1")
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
 

@@ -7,34 +7,22 @@ import sys
 
 import pytest
 import yaml
-from conftest import make_model, make_tokenizer
 from transformers.utils import logging as hf_logging
 
 from rlvr.cli import _quiet_libraries, main
 from rlvr.models.loading import load_model
 
 
-@pytest.fixture(scope="module")
-def base_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("base") / "model"
-    tok = make_tokenizer()
-    model = make_model("llama", vocab_size=len(tok))
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def test_rlvr_eval_says_when_it_loads_the_model(base_folder, tmp_path, capsys, monkeypatch):
+def test_rlvr_eval_says_when_it_loads_the_model(tiny_model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RLVR_NO_PROGRESS", raising=False)
     config = tmp_path / "eval.yaml"
-    config.write_text(yaml.safe_dump({"model": {"model_name_or_path": str(base_folder)},
+    config.write_text(yaml.safe_dump({"model": {"model_name_or_path": str(tiny_model_dir)},
                                       "data": {"dataset": "builtin:arithmetic", "eval_size": 2},
                                       "rewards": ["correctness"],
                                       "eval": {"max_new_tokens": 2, "rollout_backend": "hf"}}))
     assert main(["eval", str(config)]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert f"rlvr: loading {base_folder} ..." in err
+    assert f"rlvr: loading {tiny_model_dir} ..." in err
     assert any(line.startswith("rlvr: model loaded in ") and line.endswith(" s on cpu") for line in err)
 
     monkeypatch.setenv("RLVR_NO_PROGRESS", "1")
