@@ -18,7 +18,8 @@ log = logging.getLogger("rlvr")
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if os.environ.get("RLVR_NO_PROGRESS") or not sys.stderr.isatty():
+    quiet = os.environ.get("RLVR_NO_PROGRESS") is not None or not sys.stderr.isatty()
+    if quiet:
         # Libraries' own tqdm bars (e.g. transformers' GGUF loading) would fill a log with \r lines;
         # tqdm reads this when first imported, which is below.
         os.environ.setdefault("TQDM_DISABLE", "1")
@@ -30,7 +31,10 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    else:  # on a terminal, transformers' bars show a long load (weights, GGUF dequantisation) moving
+        hf_logging.enable_progress_bar()
 
 
 TOP_LEVEL_SETTINGS = ("rewards",)  # config keys that are not inside a section

@@ -7,6 +7,7 @@ Every problem is reported as one RlvrError line naming the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,20 +93,89 @@ class DataConfig:
 
 
 @dataclass
-class GRPOConfig:
+class TrainerCoreConfig:
+    """The settings of the trainer core (rlvr/train/: optimizer, schedule, clipping, precision, run
+    directory, checkpoints) that every trainer's config extends: TRL's (TrainingArguments') names,
+    declared once here with TrainingArguments' defaults; each trainer's own defaults are set with
+    `@trainer_defaults` (GRPOConfig, SFTConfig, the preference configs)."""
+
+    output_dir: str = "runs/train"
+    seed: int = 42
+    learning_rate: float = 5e-5
+    per_device_train_batch_size: int = 8  # rows per micro-batch: GRPO completions, SFT examples, pairs (KTO: examples)
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 3.0
+    max_steps: int = -1  # optimizer steps; -1 = num_train_epochs over the data
+    optim: str = "adamw_torch"  # rlvr: TrainingArguments' adamw_torch_fused is the same update, fused on CUDA;
+    # adamw_8bit runs adamw_torch (with a warning, recorded in config.yaml) without bitsandbytes on CUDA
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+    max_nonfinite_steps: int = 5  # rlvr: stop after this many optimizer steps in a row with a NaN/inf loss or gradient
+    gradient_checkpointing: bool | str = False  # false | true | offload (layer inputs kept in pinned CPU memory)
+    bf16: bool = False  # autocast forward passes to bfloat16 where the device has native bf16 (CUDA, AVX512-BF16/AMX)
+    logprob_chunk_elements: int = 1 << 26  # rlvr: fp32 logits alive at once in the chunked log-prob path
+    logging_steps: int = 500
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
+    overwrite_output_dir: bool = False  # start over in an output_dir that holds a run (else refused)
+    report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
+    ddp_timeout: int = 1800  # seconds a rank waits for the others in a collective before the job stops
+
+    def validate(self) -> None:
+        _choice("train.report_to", self.report_to, REPORT_TO)
+        _check_max_steps(self.max_steps)
+        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "logprob_chunk_elements"):
+            if getattr(self, name) <= 0:
+                raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        _validate_update(self)
+
+
+def trainer_defaults(**defaults: Any):
+    """Class decorator, placed under @dataclass: a trainer config's own defaults for fields its base
+    declares (a field's type and meaning stay declared once, in the base).
+
+    >>> @dataclass
+    ... @trainer_defaults(learning_rate=1e-3)
+    ... class Mine(TrainerCoreConfig):
+    ...     pass
+    >>> Mine().learning_rate, [f.name for f in dataclasses.fields(Mine)][:3]
+    (0.001, ['output_dir', 'seed', 'learning_rate'])
+    """
+    def apply(cls: type) -> type:
+        declared = {}
+        for base in reversed(cls.__mro__[1:]):
+            if dataclasses.is_dataclass(base):
+                declared.update(typing.get_type_hints(base))
+        own = dict(inspect.get_annotations(cls))
+        for name, value in defaults.items():
+            if name not in declared or name in own:
+                raise TypeError(f"{cls.__name__}: {name} is not a field declared by a base config")
+            own[name] = declared[name]
+            setattr(cls, name, value)
+        cls.__annotations__ = own
+        return cls
+
+    return apply
+
+
+@dataclass
+@trainer_defaults(output_dir="runs/grpo", learning_rate=5e-6, num_train_epochs=1.0, optim="adamw_8bit",
+                  adam_beta2=0.99, weight_decay=0.1, max_grad_norm=0.1, lr_scheduler_type="cosine",
+                  warmup_ratio=0.1, logging_steps=1, save_steps=50, save_total_limit=2)
+class GRPOConfig(TrainerCoreConfig):
     """GRPO training settings; names and defaults follow TRL's GRPOConfig (semantics §1–§8)."""
 
-    output_dir: str = "runs/grpo"
-    seed: int = 42
-    learning_rate: float = 5e-6
-    per_device_train_batch_size: int = 8  # completions, not prompts
-    gradient_accumulation_steps: int = 1
     steps_per_generation: int | None = None
     generation_batch_size: int | None = None
     num_generations: int = 8
     num_iterations: int = 1
-    max_steps: int = -1  # optimizer steps; -1 = num_train_epochs over the data
-    num_train_epochs: float = 1.0
     max_prompt_length: int | None = 512
     max_completion_length: int = 256
     temperature: float = 1.0
@@ -127,19 +197,8 @@ class GRPOConfig:
     vllm_importance_sampling_correction: bool = True  # TIS, when the rollout engine reports log-probs
     vllm_importance_sampling_mode: str = "token_truncate"
     vllm_importance_sampling_cap: float = 2.0
-    optim: str = "adamw_8bit"  # adamw_torch (with a warning, recorded in config.yaml) without bitsandbytes on CUDA
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 0.1
-    max_grad_norm: float = 0.1
-    max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row with a NaN/inf loss or gradient
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.1
-    gradient_checkpointing: bool | str = False  # false | true | offload (layer inputs kept in pinned CPU memory)
     micro_batch_token_budget: int | None = None  # split micro-batches into pieces of at most this many padded
     # tokens (rows × longest row), rows sorted by length; the loss is the same however a step is split
-    bf16: bool = False  # autocast forward passes to bfloat16 where the device has native bf16 (CUDA, AVX512-BF16/AMX)
     rollout_backend: str = "auto"  # auto (native on CUDA, hf elsewhere) | native | hf
     rollout_merge_lora: bool | str | None = None  # native: fold LoRA into a per-round copy (faster, more
     # memory); None = on CUDA only. "attention": copy q/k/v/o only (an eighth of the memory), MLP adapters as
@@ -147,20 +206,11 @@ class GRPOConfig:
     rollout_dtype: str = "auto"  # native: what the decode step's matrices are in. auto = the model's (compute)
     # dtype; bfloat16 | float16: a per-round cast copy; fp8: per-round e4m3 copies with row scales (GPUs of
     # compute capability >= 8.9; bf16 elsewhere, with a warning), the log-prob gap corrected by TIS
-    logprob_chunk_elements: int = 1 << 26
-    logging_steps: int = 1
     log_completions: bool = True
     completions_log_steps: int = 10  # write sample completions every N steps
-    save_steps: int = 50
-    save_total_limit: int | None = 2
-    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
-    overwrite_output_dir: bool = False  # start over in an output_dir that holds a run (else refused)
-    report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
-    ddp_timeout: int = 1800  # seconds a rank waits for the others in a collective before the job stops
 
     def validate(self) -> None:
-        _choice("train.report_to", self.report_to, REPORT_TO)
-        _check_max_steps(self.max_steps)
+        super().validate()
         if self.num_generations < 2:
             raise RlvrError(
                 f"train.num_generations must be >= 2 (group-relative advantages need a group), "
@@ -189,15 +239,13 @@ class GRPOConfig:
         _choice("train.importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
         _choice("train.reward_errors", self.reward_errors, REWARD_ERRORS)
         _choice("train.vllm_importance_sampling_mode", self.vllm_importance_sampling_mode, TIS_MODES)
-        _validate_update(self)
         _choice("train.rollout_backend", self.rollout_backend, ROLLOUT_BACKENDS)
         _choice("train.rollout_merge_lora", self.rollout_merge_lora, ROLLOUT_MERGE_LORA)
         _choice("train.rollout_dtype", self.rollout_dtype, ROLLOUT_DTYPES)
         if self.micro_batch_token_budget is not None and self.micro_batch_token_budget <= 0:
             raise RlvrError(f"train.micro_batch_token_budget must be > 0 (or null), "
                             f"got {self.micro_batch_token_budget}")
-        for name in ("temperature", "learning_rate", "max_completion_length", "per_device_train_batch_size",
-                     "gradient_accumulation_steps", "num_iterations", "completions_log_steps"):
+        for name in ("temperature", "max_completion_length", "num_iterations", "completions_log_steps"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
         if self.delta is not None and self.delta <= 1:
@@ -223,43 +271,17 @@ class GRPOConfig:
 
 
 @dataclass
-class SFTConfig:
+@trainer_defaults(output_dir="runs/sft", learning_rate=2e-4, num_train_epochs=1.0, warmup_ratio=0.03,
+                  logging_steps=1, save_steps=100, save_total_limit=2)
+class SFTConfig(TrainerCoreConfig):
     """Supervised warm-up on the assistant's tokens only."""
 
-    output_dir: str = "runs/sft"
-    seed: int = 42
-    learning_rate: float = 2e-4
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
     max_length: int = 1024
-    optim: str = "adamw_torch"
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.03
-    max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row with a NaN/inf loss or gradient
-    gradient_checkpointing: bool | str = False  # false | true | offload
-    bf16: bool = False  # autocast forward passes to bfloat16 where the device has native bf16
-    logging_steps: int = 1
-    save_steps: int = 100
-    save_total_limit: int | None = 2
-    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
-    overwrite_output_dir: bool = False  # start over in an output_dir that holds a run (else refused)
-    report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
-    ddp_timeout: int = 1800  # seconds a rank waits for the others in a collective before the job stops
 
     def validate(self) -> None:
-        _choice("train.report_to", self.report_to, REPORT_TO)
-        _check_max_steps(self.max_steps)
-        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
-            if getattr(self, name) <= 0:
-                raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
-        _validate_update(self)
+        super().validate()
+        if self.max_length <= 0:
+            raise RlvrError(f"train.max_length must be > 0, got {self.max_length}")
 
 
 def _validate_update(args) -> None:
@@ -314,13 +336,25 @@ class EvalConfig:
 
 
 @dataclass
+class RewardWeighting:
+    """What a command that trains nothing (`rlvr eval`, `rlvr export`) reads of the train section: the
+    weights GRPO combined the rewards with (GRPOConfig.reward_weights), so evaluation weighs them as
+    training did. The section's other settings belong to whichever trainer it configures."""
+
+    reward_weights: list[float] | None = None
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
 class RunConfig:
     """A whole run, as one YAML file."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rewards: list[str] = field(default_factory=lambda: ["gsm8k"])
-    train: Any = None  # GRPOConfig or SFTConfig, by command
+    train: Any = None  # GRPOConfig, SFTConfig, a preference config, by command; RewardWeighting for eval
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
@@ -427,11 +461,16 @@ def config_from_dict(raw: dict, train_cls: type | None = GRPOConfig, where: str 
         model=build(ModelConfig, raw.get("model"), "model"),
         data=build(DataConfig, raw.get("data"), "data"),
         rewards=rewards,
-        train=build(train_cls, raw.get("train"), "train") if train_cls else None,
+        train=build(train_cls, raw.get("train"), "train") if train_cls else _reward_weighting(raw.get("train")),
         eval=build(EvalConfig, raw.get("eval"), "eval"),
     )
     cfg.validate()
     return cfg
+
+
+def _reward_weighting(train: Any) -> RewardWeighting:
+    keep = {"reward_weights": train["reward_weights"]} if isinstance(train, dict) and "reward_weights" in train else {}
+    return build(RewardWeighting, keep, "train")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -86,7 +84,9 @@ def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None
     if hasattr(t, "reward_weights"):  # GRPO; SFT has no rewards
         check_rewards(cfg)
     if model is None:
-        model, tokenizer = load_model_with_status(cfg, seed=t.seed)
+        from rlvr.models import load_model_from_config
+
+        model, tokenizer = load_model_from_config(cfg.model, seed=t.seed)
     resolve_optimizer(cfg, model)
     return model, tokenizer, train
 
@@ -116,21 +116,3 @@ def resolve_optimizer(cfg: RunConfig, model) -> None:
     cfg.train.optim = resolve_optim(cfg.train.optim, next(model.parameters()).is_cuda)
 
 
-def load_model_with_status(cfg: RunConfig, seed: int | None = None):
-    """load_model_from_config with a line before and after on stderr: a large model takes minutes."""
-    from rlvr.models import load_model_from_config
-
-    m = cfg.model
-    adapter = f" with the adapter {m.adapter_path}" if m.adapter_path else ""
-    announce(f"loading {m.model_name_or_path}{adapter} ...")
-    start = time.perf_counter()
-    model, tokenizer = load_model_from_config(m, seed=seed)
-    device = next(model.parameters()).device
-    announce(f"model loaded in {time.perf_counter() - start:.1f} s on {device}")
-    return model, tokenizer
-
-
-def announce(message: str) -> None:
-    """One status line on stderr; RLVR_NO_PROGRESS silences it as it does the progress bars."""
-    if os.environ.get("RLVR_NO_PROGRESS") is None:
-        print(f"rlvr: {message}", file=sys.stderr, flush=True)

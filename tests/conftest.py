@@ -59,3 +59,25 @@ def tiny_model(tokenizer):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random llama with the char tokenizer, saved as a folder the CLI loads."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = make_tokenizer()
+    model = make_model("llama", vocab_size=len(tok))
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Loading a model fails the test: for inputs that must be refused before the model loads."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr("rlvr.models.load_model_from_config", refuse)

@@ -64,7 +64,7 @@ class PromptSeededEngine:
         self.pad, self.eos = tokenizer.pad_token_id, tokenizer.eos_token_id
         self.vocab = len(tokenizer)
 
-    def generate(self, prompt_ids, num_generations, params, seed=None):
+    def generate(self, prompt_ids, num_generations, params, seed=None, progress=None):
         from rlvr.rollout.engine import Rollout
 
         rows = [(p, j) for p in prompt_ids for j in range(num_generations)]

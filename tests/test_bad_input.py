@@ -216,14 +216,6 @@ def saved(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was checked")
-
-    monkeypatch.setattr("rlvr.models.load_model_from_config", refuse)
-
-
 def tiny_run(saved, **model):
     return {"model": {"model_name_or_path": str(saved / "base"), **model},
             "data": {"dataset": "builtin:arithmetic", "limit": 16, "eval_size": 2},

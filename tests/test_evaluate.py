@@ -55,7 +55,7 @@ class FakeEngine:
     def __init__(self, tokenizer, completions=COMPLETIONS):
         self.tokenizer, self.queue, self.calls = tokenizer, [row for p in completions for row in p], []
 
-    def generate(self, prompt_ids, num_generations, params, seed=None) -> Rollout:
+    def generate(self, prompt_ids, num_generations, params, seed=None, progress=None) -> Rollout:
         self.calls.append({"prompts": len(prompt_ids), "n": num_generations, "params": params, "seed": seed})
         rows = [self.queue.pop(0) for _ in range(len(prompt_ids) * num_generations)]
         ids = [self.tokenizer(t, add_special_tokens=False).input_ids + ([self.tokenizer.eos_token_id] if eos else [])

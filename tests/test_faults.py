@@ -181,11 +181,11 @@ def test_out_of_memory_in_the_rollout_retries_with_half_sub_batches(tmp_path, ca
     real = trainer.engine._generate_chunk
     seen = []
 
-    def flaky(rows, params):
+    def flaky(rows, params, *progress):
         seen.append(len(rows))
         if len(seen) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(rows, params)
+        return real(rows, params, *progress)
 
     trainer.engine._generate_chunk = flaky
     with caplog.at_level("WARNING", logger="rlvr"):
@@ -204,11 +204,11 @@ def test_native_rollout_retry_halves_the_rows_its_kv_budget_allowed(tmp_path, ca
     real = engine._generate_batch
     seen = []
 
-    def flaky(w, rows, params, gen):
+    def flaky(w, rows, params, gen, *progress):
         seen.append(len(rows))
         if len(seen) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(w, rows, params, gen)
+        return real(w, rows, params, gen, *progress)
 
     engine._generate_batch = flaky
     # 16 rows per round (per_device 8 × 2 steps); a KV budget of 4 rows per sub-batch, below half of 16.

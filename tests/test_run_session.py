@@ -12,22 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_model, make_tokenizer
 
 from rlvr.cli import main
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny random llama with the char tokenizer, saved as a folder the CLI can load."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = make_tokenizer()
-    model = make_model("llama", vocab_size=len(tok))
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+@pytest.fixture
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def write_config(tmp_path: Path, model_dir: Path, command: str, **train) -> Path:

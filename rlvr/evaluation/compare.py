@@ -154,12 +154,13 @@ def compare_stages(cfg: RunConfig, stages: Mapping[str, str], output_dir: str | 
 def evaluate_stages(cfg: RunConfig, specs: list[StageSpec], examples: list[dict] | None = None) -> dict[str, dict]:
     """{stage name: result}, every stage through run_eval with cfg's eval settings on `examples`."""
     from rlvr.data.build import build_datasets
-    from rlvr.evaluation.run import run_eval
+    from rlvr.evaluation.run import eval_rewards, run_eval
 
     if examples is None:
         _, examples = build_datasets(cfg)  # data first: a bad dataset fails before a model loads
     if not examples:
         raise RlvrError("compare: no evaluation examples; set data.eval_size > 0 or data.eval_dataset")
+    eval_rewards(cfg)  # and the rewards
     models = _StageModels(cfg)
     results = {}
     for spec in specs:

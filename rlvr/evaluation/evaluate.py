@@ -37,6 +37,7 @@ from rlvr.rewards.registry import resolve_rewards
 from rlvr.rewards.scoring import score_completions
 from rlvr.rewards.text import extract_tag
 from rlvr.rollout import HFEngine, SamplingParams
+from rlvr.rollout.engine import RolloutProgress
 from rlvr.train.run_dir import Progress
 
 NUM_SHOWN = 3  # sample completions kept in the result, one per problem
@@ -150,19 +151,42 @@ def _generate(engine, prompt_ids: list[list[int]], cfg: EvalConfig, desc: str) -
     per_call = max(1, cfg.batch_size // cfg.num_samples)  # problems per call: about batch_size rows
     ids: list[list[int]] = []
     finished: list[bool] = []
-    progress = Progress(len(prompt_ids), desc)
+    progress = CallsProgress(len(prompt_ids) * cfg.num_samples, desc)
     try:
         for first in range(0, len(prompt_ids), per_call):
             chunk = prompt_ids[first:first + per_call]
-            rollout = engine.generate(chunk, cfg.num_samples, params, seed=cfg.seed + first)
+            rollout = engine.generate(chunk, cfg.num_samples, params, seed=cfg.seed + first, progress=progress)
             rows = rollout.completion_ids.cpu().tolist()  # [rows, C]
             masks = rollout.completion_mask.cpu().tolist()  # [rows, C]
             ids.extend([t for t, keep in zip(row, mask) if keep] for row, mask in zip(rows, masks))
             finished.extend(bool(x) for x in rollout.is_eos.cpu().tolist())
-            progress.update(len(chunk))
+            progress.end_call(len(rows))
     finally:
         progress.close()
     return ids, finished
+
+
+class CallsProgress(Progress):
+    """A progress bar in completions over several generate calls, moved while each call decodes (one
+    call may be the whole evaluation): pass it as the calls' progress callback."""
+
+    def __init__(self, total: int, description: str):
+        super().__init__(total, description)
+        self.rows_before = self.tokens_before = 0  # of the calls that ended
+        self.shown, self.call_tokens = 0, 0
+
+    def __call__(self, p: RolloutProgress) -> None:
+        self.call_tokens = p.tokens
+        self._show(self.rows_before + p.rows_done)
+
+    def end_call(self, rows: int) -> None:
+        self.rows_before += rows
+        self.tokens_before, self.call_tokens = self.tokens_before + self.call_tokens, 0
+        self._show(self.rows_before)  # also for an engine that reported nothing
+
+    def _show(self, done: int) -> None:
+        self.update(done - self.shown, f"{self.tokens_before + self.call_tokens} tokens")
+        self.shown = done
 
 
 def _rewards(funcs, weights, examples, n: int, texts: list[str],

@@ -20,14 +20,13 @@ peft's merge_and_unload on a deep copy.
 from __future__ import annotations
 
 import copy
-import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
+from rlvr import status
 from rlvr.config import ModelConfig, RunConfig, config_from_dict
 from rlvr.errors import RlvrError, nearest
 
@@ -245,6 +244,7 @@ def _load_final(final: Path, model_cfg: ModelConfig, adapter: bool):
                           use_lora=False, adapter_path=str(final), device="cpu",
                           attn_implementation=model_cfg.attn_implementation,
                           trust_remote_code=model_cfg.trust_remote_code)
+    announce(f"loading the fine-tuned model {final} ...")
     model = load_causal_lm(str(final), None, dtype=torch.float32, attn_implementation=model_cfg.attn_implementation,
                            trust_remote_code=model_cfg.trust_remote_code)
     source, gguf = resolve_source(model_cfg.model_name_or_path, model_cfg.gguf_file)
@@ -272,10 +272,8 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def announce(message: str) -> None:
-    """One line on stderr per slow step (a file written, an upload), so a long export shows where it is;
-    RLVR_NO_PROGRESS silences it as it does the progress bars."""
-    if os.environ.get("RLVR_NO_PROGRESS") is None:
-        print(f"rlvr export: {message}", file=sys.stderr, flush=True)
+    """One line on stderr per slow step (a file written, an upload), so a long export shows where it is."""
+    status.announce(message, "rlvr export")
 
 
 def _prepare(path: str | Path) -> Path:

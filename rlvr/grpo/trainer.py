@@ -29,6 +29,7 @@ from rlvr.rewards.inputs import RewardLog, new_trainer_state, reward_inputs
 from rlvr.rewards.registry import resolve_rewards
 from rlvr.rewards.scoring import score_completions
 from rlvr.rollout import SamplingParams, make_engine
+from rlvr.rollout.engine import ProgressCallback
 from rlvr.train.core import TrainerCore
 from rlvr.train.run_dir import run_details
 from rlvr.train.session import RunSession
@@ -125,8 +126,10 @@ class GRPOTrainer(TrainerCore):
 
     # ------------------------------------------------------------------ one round
 
-    def make_round(self, round_index: int) -> tuple[RoundBatch, dict, list[dict]]:
-        """Rollout, rewards, advantages (and ℓ^old / ℓ^ref when needed) for one round.
+    def make_round(self, round_index: int, progress: ProgressCallback | None = None
+                   ) -> tuple[RoundBatch, dict, list[dict]]:
+        """Rollout, rewards, advantages (and ℓ^old / ℓ^ref when needed) for one round; `progress` hears
+        how far the rollout is.
 
         Under torchrun each rank generates and scores its block of the round's completion slots
         (rlvr/distributed/sharding.py), computes their ℓ^old / ℓ^ref, and the blocks are gathered:
@@ -140,7 +143,7 @@ class GRPOTrainer(TrainerCore):
         t0 = time.perf_counter()
         with gathered_for_decoding(self.model):  # FSDP2: whole layers for the rollout; else nothing
             rollout = self.generate([self.prompt_ids[i] for i in mine], per_prompt,
-                                    seed=rank_seed(a.seed * 1_000_003 + round_index, ctx.rank))
+                                    seed=rank_seed(a.seed * 1_000_003 + round_index, ctx.rank), progress=progress)
         t1 = time.perf_counter()
         texts = self.tokenizer.batch_decode(rollout.completion_ids * rollout.completion_mask
                                             + self.tokenizer.pad_token_id * (1 - rollout.completion_mask),
@@ -191,12 +194,13 @@ class GRPOTrainer(TrainerCore):
                 sample["extra"] = extra
         return batch, metrics, samples
 
-    def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int):
+    def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int,
+                 progress: ProgressCallback | None = None):
         """This rank's rollout; out of memory, retried once with the engine's sub-batch halved."""
         G, params = num_generations, self.sampling_params()
         step = self.global_step + 1
         try:
-            return self.engine.generate(prompt_ids, G, params, seed=seed)
+            return self.engine.generate(prompt_ids, G, params, seed=seed, progress=progress)
         except torch.OutOfMemoryError:
             free_accelerator_memory()
             rows = self.engine.reduce_batch()
@@ -205,7 +209,7 @@ class GRPOTrainer(TrainerCore):
                                 "num_generations or max_completion_length") from None
             log.warning("step %d: out of memory in the rollout; retrying with sub-batches of %d rows", step, rows)
             try:
-                return self.engine.generate(prompt_ids, G, params, seed=seed)
+                return self.engine.generate(prompt_ids, G, params, seed=seed, progress=progress)
             except torch.OutOfMemoryError:
                 raise RlvrError(
                     f"step {step}: out of memory in the rollout even with sub-batches of {rows} rows "
@@ -331,7 +335,8 @@ class GRPOTrainer(TrainerCore):
         """Make the round (unless a resumed checkpoint is inside one), then its optimizer steps."""
         a = self.args
         if self.batch is None:
-            self.batch, self.round_metrics, samples = self.make_round(self.round_index)
+            self.batch, self.round_metrics, samples = self.make_round(self.round_index,
+                                                                      lambda p: run.note(p.describe()))
             if a.log_completions and self.global_step % max(1, a.completions_log_steps) == 0:
                 run.log_samples(self.global_step + 1, samples)  # the step these completions train
         micro = self.micro_batches(self.batch, self.round_index)

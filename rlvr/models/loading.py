@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from rlvr.errors import RlvrError
 from rlvr.models.adapter_checks import check_adapter_fits, warn_if_other_base
 from rlvr.models.gguf_reads import shared_gguf_reads
 from rlvr.models.lora_targets import adapted_modules, lora_targets
+from rlvr.status import announce
 
 log = logging.getLogger("rlvr")
 
@@ -162,10 +164,16 @@ def load_model(
     seed: int | None = None,
 ):
     """Load (model, tokenizer); the model is on `device`, LoRA-wrapped unless use_lora=False (a new
-    adapter initialised from `seed` when given)."""
+    adapter initialised from `seed` when given). A line on stderr before and after: a large model, or a
+    GGUF file to dequantise, takes minutes."""
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source, gguf = resolve_source(name_or_path, gguf_file)
+    what = f" with the adapter {adapter_path}" if adapter_path else ""
+    if gguf:
+        what += f" (GGUF {gguf}, dequantised to {str(torch_dtype).removeprefix('torch.')})"
+    announce(f"loading {name_or_path}{what} ...")
+    start = time.perf_counter()
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code,
                     "attn_implementation": attn_implementation}
     if load_in_4bit:
@@ -186,6 +194,7 @@ def load_model(
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model = attach_lora(model, lora_rank, lora_alpha, lora_dropout, target_modules, seed=seed)
+    announce(f"model loaded in {time.perf_counter() - start:.1f} s on {device}")
     return model, tokenizer
 
 

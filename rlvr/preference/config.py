@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlvr.config import REPORT_TO, _choice, _validate_update
+from rlvr.config import TrainerCoreConfig, _choice, trainer_defaults
 from rlvr.errors import RlvrError
 from rlvr.preference.losses import (
     CPO_LOSS_TYPES,
@@ -26,51 +26,23 @@ from rlvr.preference.losses import (
 
 
 @dataclass
-class PreferenceTrainingConfig:
-    """The training loop's settings, shared by the four preference configs (TrainingArguments' names)."""
+@trainer_defaults(output_dir="runs/preference", learning_rate=1e-6, logging_steps=10)
+class PreferenceTrainingConfig(TrainerCoreConfig):
+    """What the four preference configs share: the trainer core's settings (TRL's defaults for them, but
+    for the ones marked "rlvr:" in TrainerCoreConfig and here) and these."""
 
-    output_dir: str = "runs/preference"
-    seed: int = 42
-    learning_rate: float = 1e-6
-    per_device_train_batch_size: int = 8  # pairs (KTO: examples) per micro-batch
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 3.0
-    max_steps: int = -1  # optimizer steps; -1 = num_train_epochs over the data
     max_length: int | None = 1024  # prompt + completion tokens; longer sequences keep their start
-    optim: str = "adamw_torch"  # rlvr: TRL's default is adamw_torch_fused, the same update fused on CUDA
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.0  # rlvr: the name SFT and GRPO use (transformers 5 folds it into warmup_steps)
-    gradient_checkpointing: bool | str = False  # rlvr: off by default (TRL: on); false | true | offload
-    bf16: bool = False  # rlvr: off by default (TRL: on where supported); autocast the forward passes to bf16
     disable_dropout: bool = True
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest"
-    overwrite_output_dir: bool = False  # rlvr: start over in an output_dir that holds a run (else refused)
-    report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
-    max_nonfinite_steps: int = 5  # rlvr: stop after this many steps in a row with a NaN/inf loss or gradient
-    logprob_chunk_elements: int = 1 << 26  # rlvr: fp32 logits alive at once in the chunked log-prob path
-    ddp_timeout: int = 1800  # seconds a rank waits for the others in a collective before the job stops
+    beta: float = 0.1  # the implicit reward's scale (ORPO: the weight of its odds-ratio term)
 
     def validate(self) -> None:
-        _choice("train.report_to", self.report_to, REPORT_TO)
-        _validate_update(self)
-        for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-                     "logprob_chunk_elements"):
-            if getattr(self, name) <= 0:
-                raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        super().validate()
         if self.max_length is not None and self.max_length < 2:
             raise RlvrError(f"train.max_length must be >= 2 (a prompt token and a completion token) or null, "
                             f"got {self.max_length}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise RlvrError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        _positive("beta", getattr(self, "beta", 1.0))
+        _positive("beta", self.beta)
 
 
 def _positive(name: str, value: float) -> None:
@@ -84,11 +56,10 @@ def _label_smoothing(value: float, upper: float = 1.0) -> None:
 
 
 @dataclass
+@trainer_defaults(output_dir="runs/dpo")
 class DPOConfig(PreferenceTrainingConfig):
     """DPO and its loss types (TRL's DPOConfig); several loss types add up with `loss_weights`."""
 
-    output_dir: str = "runs/dpo"
-    beta: float = 0.1
     loss_type: list[str] | str = field(default_factory=lambda: ["sigmoid"])
     loss_weights: list[float] | None = None
     label_smoothing: float = 0.0  # robust: flip probability in [0, 0.5); exo_pair: ε > 0; aot: smoothing
@@ -126,11 +97,10 @@ class DPOConfig(PreferenceTrainingConfig):
 
 
 @dataclass
+@trainer_defaults(output_dir="runs/cpo")
 class CPOConfig(PreferenceTrainingConfig):
     """CPO, and SimPO as TRL spells it: loss_type simpo with cpo_alpha 0 (alphapo = simpo, cpo_alpha 0)."""
 
-    output_dir: str = "runs/cpo"
-    beta: float = 0.1
     label_smoothing: float = 0.0
     loss_type: str = "sigmoid"
     cpo_alpha: float = 1.0  # weight of the NLL term on the chosen completions
@@ -148,19 +118,16 @@ class CPOConfig(PreferenceTrainingConfig):
 
 
 @dataclass
+@trainer_defaults(output_dir="runs/orpo")
 class ORPOConfig(PreferenceTrainingConfig):
     """ORPO (TRL's ORPOConfig): NLL on the chosen completion minus β·log σ(log odds ratio); no reference."""
 
-    output_dir: str = "runs/orpo"
-    beta: float = 0.1
-
 
 @dataclass
+@trainer_defaults(output_dir="runs/kto")
 class KTOConfig(PreferenceTrainingConfig):
     """KTO on unpaired (prompt, completion, label) examples (TRL's KTOConfig)."""
 
-    output_dir: str = "runs/kto"
-    beta: float = 0.1
     loss_type: str = "kto"
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0

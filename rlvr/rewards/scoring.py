@@ -118,6 +118,11 @@ def _unique_names(funcs: Sequence[Any]) -> list[str]:
     return names
 
 
+def check_reward_weights(weights: Sequence[float] | None, funcs: Sequence[Any]) -> None:
+    """Refuse weights that do not fit the reward functions now, not after a model load and a rollout."""
+    _weights(weights, _unique_names(funcs))
+
+
 def _weights(weights: Sequence[float] | None, names: list[str]) -> torch.Tensor:
     if weights is None:
         return torch.ones(len(names), dtype=torch.float64)

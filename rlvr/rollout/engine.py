@@ -2,11 +2,13 @@
 
 A backend turns a batch of tokenized prompts into completions. The trainer and the evaluator only
 see the `RolloutEngine` protocol (generate, memory_plan, reduce_batch) and `Rollout`, so a faster
-backend plugs in by config.
+backend plugs in by config. A long generate reports where it is through an optional callback
+(`RolloutProgress`), at the host checks the backend makes anyway.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +50,42 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class RolloutProgress:
+    """Where one generate call is: `rows_done` of its `rows` completions have ended (EOS, a stop string,
+    or the token limit at the end of their sub-batch) and `tokens` have been decoded in all. Both only
+    grow, and the last report of a call has rows_done == rows."""
+
+    rows_done: int
+    rows: int
+    tokens: int
+
+    def describe(self) -> str:
+        return f"rollout {self.rows_done}/{self.rows} completions, {self.tokens} tokens"
+
+
+ProgressCallback = Callable[[RolloutProgress], None]
+
+
+class ProgressTally:
+    """A generate call's progress over its sub-batches: a sub-batch reports its own counts, which are
+    added to those of the sub-batches before it."""
+
+    def __init__(self, rows: int, callback: ProgressCallback):
+        self.rows, self.callback = rows, callback
+        self.rows_before = self.tokens_before = 0
+
+    def report(self, rows_done: int, tokens: int) -> None:
+        """The current sub-batch's counts so far."""
+        self.callback(RolloutProgress(self.rows_before + rows_done, self.rows, self.tokens_before + tokens))
+
+    def end_sub_batch(self, rows: int, tokens: int) -> None:
+        """The current sub-batch is done: all its `rows` ended, after `tokens` tokens."""
+        self.rows_before += rows
+        self.tokens_before += tokens
+        self.report(0, 0)
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
     """What a round's rollout holds besides the training weights (for the memory estimate).
 
@@ -78,8 +116,12 @@ class RolloutEngine(Protocol):
         num_generations: int,
         params: SamplingParams,
         seed: int | None = None,
+        progress: ProgressCallback | None = None,
     ) -> Rollout:
-        """Sample `num_generations` completions for each prompt (token ids, no padding)."""
+        """Sample `num_generations` completions for each prompt (token ids, no padding). `progress`, when
+        given, is called with a RolloutProgress whenever the backend checks on the batch anyway (the
+        native engine every sync_every decode steps, never an extra host sync per token) and once at
+        the end."""
         ...
 
     def memory_plan(self) -> MemoryPlan:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlvr.rollout.engine import MemoryPlan, Rollout, SamplingParams, halve_rows
+from rlvr.rollout.engine import MemoryPlan, ProgressCallback, ProgressTally, Rollout, SamplingParams, halve_rows
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -62,10 +62,34 @@ def truncate_at_stop_strings(tokenizer, completion_ids: torch.Tensor, mask: torc
                 break
 
 
+def decoded_counts(completion_ids: torch.Tensor, eos_ids: list[int]) -> tuple[int, int]:
+    """(rows ended with an EOS, tokens decoded up to each row's first EOS) of completions so far: one host sync."""
+    mask, ended = completion_mask_from_eos(completion_ids, eos_ids)
+    rows_done, tokens = torch.stack([ended.sum(), mask.sum()]).tolist()
+    return rows_done, tokens
+
+
+def progress_criteria(tally: ProgressTally, prompt_width: int, eos_ids: list[int], every: int):
+    """A transformers stopping criterion that never stops: every `every` new tokens it reports the
+    sub-batch's counts to `tally` (generate syncs with the host at each token to check its criteria
+    anyway; this adds a sync every `every` tokens)."""
+    from transformers import StoppingCriteria  # imported here: transformers.generation takes seconds
+
+    class ReportProgress(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            if (input_ids.shape[1] - prompt_width) % every == 0:
+                tally.report(*decoded_counts(input_ids[:, prompt_width:], eos_ids))
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return ReportProgress()
+
+
 class HFEngine:
-    """Rollouts through `model.generate`, in sub-batches of at most `batch_size` rows."""
+    """Rollouts through `model.generate`, in sub-batches of at most `batch_size` rows; a progress
+    callback hears from each sub-batch every `progress_every` tokens."""
 
     backend_name = "hf"
+    progress_every = 16
 
     def __init__(self, model, tokenizer, batch_size: int = 64):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -90,9 +114,10 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], num_generations: int, params: SamplingParams,
-                 seed: int | None = None) -> Rollout:
+                 seed: int | None = None, progress: ProgressCallback | None = None) -> Rollout:
         rows = [p for p in prompt_ids for _ in range(num_generations)]
         self.rows_per_batch = min(self.batch_size, len(rows))
+        tally = ProgressTally(len(rows), progress) if progress is not None else None
         was_training = self.model.training
         self.model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
@@ -102,13 +127,17 @@ class HFEngine:
                 if seed is not None:
                     torch.manual_seed(seed)
                 for s in range(0, len(rows), self.batch_size):
-                    chunks.append(self._generate_chunk(rows[s:s + self.batch_size], params))
+                    chunk = self._generate_chunk(rows[s:s + self.batch_size], params, tally)
+                    chunks.append(chunk)
+                    if tally is not None:
+                        tally.end_sub_batch(chunk.shape[0], decoded_counts(chunk, self.eos_ids)[1])
         finally:  # an out of memory must not leave the model in eval mode (no dropout, no checkpointing)
             if was_training:
                 self.model.train()
         return self._assemble(rows, chunks, params)
 
-    def _generate_chunk(self, rows: list[list[int]], params: SamplingParams) -> torch.Tensor:
+    def _generate_chunk(self, rows: list[list[int]], params: SamplingParams,
+                        tally: ProgressTally | None = None) -> torch.Tensor:
         ids, mask = left_pad(rows, self.tokenizer.pad_token_id, self.device)
         kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids,
@@ -120,6 +149,8 @@ class HFEngine:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop_strings:
             kwargs.update(stop_strings=list(params.stop_strings), tokenizer=self.tokenizer)
+        if tally is not None:
+            kwargs["stopping_criteria"] = [progress_criteria(tally, ids.shape[1], self.eos_ids, self.progress_every)]
         out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         return out[:, ids.shape[1]:]
 

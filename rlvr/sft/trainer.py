@@ -80,7 +80,7 @@ class SFTTrainer(TrainerCore):
     def forward_backward(self, micro_batch, counts: StepCounts, sums: dict) -> float:
         ids, mask, labels = (t.to(self.device) for t in micro_batch)
         with self.autocast():
-            logps = labelled_logprobs(self.model, ids, mask, labels)
+            logps = labelled_logprobs(self.model, ids, mask, labels, self.args.logprob_chunk_elements)
         # Token-mean over the whole optimizer step, however it is split.
         loss = -logps.sum() / max(1, counts.num_tokens)
         self.backward(loss)

@@ -47,15 +47,19 @@ class JsonlWriter:
         self._f.close()
 
 
+PLAIN_EVERY_S = 30.0  # seconds between plain progress lines in a log file
+
+
 class Progress:
     """A rich progress bar with the latest metrics beside it on a terminal; elsewhere (a log file,
-    CI) one plain line at most every 30 s. `enabled=False` or RLVR_NO_PROGRESS silences both."""
+    CI) one plain line at most every PLAIN_EVERY_S seconds. `enabled=False` or RLVR_NO_PROGRESS
+    silences both."""
 
     def __init__(self, total: int, description: str, enabled: bool | None = None, initial: int = 0):
         self._bar = None
         self._plain = enabled is None and not sys.stderr.isatty()
         self._total, self._done, self._description = total, initial, description
-        self._last = time.monotonic()
+        self._last, self._ended = time.monotonic(), False  # _ended: the plain line at the total was printed
         if os.environ.get("RLVR_NO_PROGRESS") is not None:
             self._plain, enabled = False, False
         if enabled is None:
@@ -74,9 +78,15 @@ class Progress:
         self._done += advance
         if self._bar is not None:
             self._bar.update(self._task, advance=advance, info=info)
-        elif self._plain and (time.monotonic() - self._last > 30 or self._done == self._total):
-            self._last = time.monotonic()
+        elif self._plain and (time.monotonic() - self._last > PLAIN_EVERY_S or
+                              (self._done == self._total and not self._ended)):
+            self._last, self._ended = time.monotonic(), self._done == self._total
             print(f"{self._description} {self._done}/{self._total} {info}", file=sys.stderr, flush=True)
+
+    def note(self, info: str) -> None:
+        """Show where the current item is (e.g. a long rollout) without advancing; in a log file only
+        once PLAIN_EVERY_S seconds have passed since the last line, so short work prints nothing."""
+        self.update(0, info)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -216,6 +216,10 @@ class RunSession:
             for s in samples:
                 self.samples_log.write({"step": step, **s})
 
+    def note(self, info: str) -> None:
+        """Where the step under way is (e.g. its rollout), beside the progress bar; nothing is logged."""
+        self.progress.note(info)
+
     def write_json(self, name: str, record: dict) -> None:
         if self.writes:
             (self.run_dir / name).write_text(json.dumps(record, indent=1))

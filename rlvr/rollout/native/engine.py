@@ -4,8 +4,9 @@ A round (prompts × G rows) is split into sub-batches that fit the KV memory bud
 each distinct prompt is prefilled once and its K/V copied to its completion rows; then one
 fixed-shape step per token runs (eagerly on CPU, as a replayed CUDA graph on GPU) and samples on
 the device. The host looks at the batch only every `sync_every` steps: to stop when all rows are
-done, to end rows whose text contains a stop string, and to compact the batch when at least half of
-it has finished (finished rows then stop costing). Cache and graphs are freed at the end of the round.
+done, to end rows whose text contains a stop string, to compact the batch when at least half of
+it has finished (finished rows then stop costing), and to tell a progress callback how far it is (in
+the same transfer). Cache and graphs are freed at the end of the round.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from rlvr.config import ROLLOUT_DTYPES, ROLLOUT_MERGE_LORA
 from rlvr.models.forward import base_causal_lm
-from rlvr.rollout.engine import MemoryPlan, Rollout, SamplingParams, halve_rows
+from rlvr.rollout.engine import MemoryPlan, ProgressCallback, ProgressTally, Rollout, SamplingParams, halve_rows
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
 from rlvr.rollout.native.families import read_weights, without_long_windows
@@ -230,7 +231,7 @@ class NativeEngine:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], num_generations: int, params: SamplingParams,
-                 seed: int | None = None) -> Rollout:
+                 seed: int | None = None, progress: ProgressCallback | None = None) -> Rollout:
         if self.fallback is None:
             try:
                 w = read_weights(self.model)  # re-read every round: adapters may have changed
@@ -238,7 +239,7 @@ class NativeEngine:
                 self._fall_back(str(e))
         if self.fallback is not None:
             t0 = time.perf_counter()
-            out = self.fallback.generate(prompt_ids, num_generations, params, seed)
+            out = self.fallback.generate(prompt_ids, num_generations, params, seed, progress)
             self.last_stats = {"backend": "hf", "seconds": time.perf_counter() - t0,
                                "tokens": int(out.completion_mask.sum())}
             return out
@@ -264,9 +265,12 @@ class NativeEngine:
         rows = [p for p in prompt_ids for _ in range(num_generations)]
         per_batch = self._rows_per_batch(w, params, max(len(r) for r in rows), num_generations, len(rows))
         self.rows_per_batch = per_batch
+        tally = ProgressTally(len(rows), progress) if progress is not None else None
         toks, logps, lens = [], [], []
         for s in range(0, len(rows), per_batch):
-            t, lp, n = self._generate_batch(w, rows[s:s + per_batch], params, gen)
+            t, lp, n = self._generate_batch(w, rows[s:s + per_batch], params, gen, tally)
+            if tally is not None:
+                tally.end_sub_batch(n.shape[0], int(n.sum()))
             toks.append(t)
             logps.append(lp)
             lens.append(n)
@@ -329,8 +333,10 @@ class NativeEngine:
 
     # ------------------------------------------------------------------ sub-batch
 
-    def _generate_batch(self, w: ModelW, rows: list[list[int]], params: SamplingParams, gen: torch.Generator):
-        """(tokens [B, C], logprobs [B, C], lengths [B]) for one sub-batch of rows."""
+    def _generate_batch(self, w: ModelW, rows: list[list[int]], params: SamplingParams, gen: torch.Generator,
+                        tally: ProgressTally | None = None):
+        """(tokens [B, C], logprobs [B, C], lengths [B]) for one sub-batch of rows; at each host check its
+        counts so far go to `tally`."""
         dev, pad = w.device, self.tokenizer.pad_token_id
         stats = self.last_stats
         stats["sub_batches"] += 1
@@ -405,7 +411,12 @@ class NativeEngine:
         for t in range(1, c):
             if t % self.sync_every == 0:
                 self._check_stop_strings(st, params)
-                n_live = int((~st.done).sum())  # the host sync, once every sync_every steps
+                if tally is None:
+                    n_live = int((~st.done).sum())  # the host sync, once every sync_every steps
+                else:  # the same sync, carrying the tokens decoded so far too
+                    n_live, tokens = torch.stack([(~st.done).sum(),
+                                                  _decoded_tokens(final_len, row_ids, st)]).tolist()
+                    tally.report(b - n_live, tokens)
                 if n_live == 0:
                     break
                 if self.compact and st.done.shape[0] > 1 and n_live <= (1 - self.compact) * st.done.shape[0]:
@@ -471,6 +482,13 @@ def _emit(st: DecodeState, logits: torch.Tensor, params: SamplingParams, eos: to
         st.seen.scatter_(1, tok[:, None], True)
     st.tok.copy_(tok)
     st.step.add_(1)
+
+
+def _decoded_tokens(final_len: torch.Tensor, row_ids: torch.Tensor, st: DecodeState) -> torch.Tensor:
+    """Tokens decoded so far in a sub-batch (0-d, on the device): the parked rows' and the live batch's."""
+    if final_len is st.length:  # not compacted yet
+        return st.length.sum()
+    return final_len.sum() - final_len[row_ids].sum() + st.length.sum()
 
 
 def _park(final_tok, final_logp, final_len, row_ids: torch.Tensor, st: DecodeState) -> None:
