@@ -127,6 +127,9 @@ class GRPOConfig:
     vllm_importance_sampling_correction: bool = True  # TIS, when the rollout engine reports log-probs
     vllm_importance_sampling_mode: str = "token_truncate"
     vllm_importance_sampling_cap: float = 2.0
+    router_aux_loss_coef: float | None = None  # mixture of experts: weight of the router's load-balancing loss
+    # added to the objective, as TRL adds it; None = the model config's own (0.001 for Qwen3-MoE, Mixtral,
+    # gpt-oss), 0 = off; a non-zero value on a model without a router is refused (rlvr/models/moe.py)
     optim: str = "adamw_8bit"  # adamw_torch (with a warning, recorded in config.yaml) without bitsandbytes on CUDA
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
@@ -200,6 +203,9 @@ class GRPOConfig:
                      "gradient_accumulation_steps", "num_iterations", "completions_log_steps"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
+            raise RlvrError(f"train.router_aux_loss_coef must be >= 0 (or null for the model's own), "
+                            f"got {self.router_aux_loss_coef}")
         if self.delta is not None and self.delta <= 1:
             raise RlvrError(f"train.delta must be > 1 (it caps the unclipped ratio), got {self.delta}")
 
