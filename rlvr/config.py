@@ -50,6 +50,10 @@ class ModelConfig:
     # Leaf module names, or 'all-linear'; where the default names do not fit the model's layout
     # (fused qkv_proj, GPT-NeoX) every Linear layer is adapted, with a warning (models/lora_targets.py).
     lora_target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    # Parameters adapted as parameters (peft's target_parameters, TRL's name): None = a mixture of experts'
+    # stacked expert weights (experts.gate_up_proj, experts.down_proj), router frozen; [] = none; name the
+    # router (mlp.gate.weight, gpt-oss mlp.router.weight) to adapt it too (models/lora_targets.py)
+    lora_target_parameters: list[str] | None = None
     adapter_path: str | None = None  # start from a saved LoRA adapter (e.g. the SFT warm-up's)
     load_in_4bit: bool = False  # QLoRA through bitsandbytes NF4 (CUDA only)
     attn_implementation: str = "sdpa"

@@ -114,3 +114,53 @@ def test_a_micro_batch_run_in_pieces_weights_their_aux_losses_by_tokens(tmp_path
     expected = sum(t * model_aux_loss(model, trainer.batch, p).item() for t, p in zip(tokens, pieces)) / sum(tokens)
     metrics, _ = stepped(trainer, [everything])
     assert metrics["aux_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------- LoRA on the experts
+
+
+@pytest.mark.parametrize("kind", MOE)
+def test_lora_adapts_the_experts_by_default_and_the_router_when_named(kind, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rlvr.export.save import save_merged
+    from rlvr.models.loading import attach_lora
+
+    tok = make_tokenizer()
+    default = attach_lora(family_model(kind, len(tok)), 4, 8)
+    assert sorted(default.peft_config["default"].target_parameters) == ["experts.down_proj", "experts.gate_up_proj"]
+    router = ROUTER[kind]
+    model = attach_lora(family_model(kind, len(tok)), 4, 8,
+                        target_parameters=["experts.gate_up_proj", "experts.down_proj", router])
+    model.generation_config.eos_token_id = tok.eos_token_id
+    adapters = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    experts = [n for n in adapters if ".experts." in n and "lora_B" in n]
+    routers = [n for n in adapters if f".{router.rsplit('.', 1)[0]}." in n and "lora_B" in n]
+    assert len(experts) == 4 and len(routers) == 2  # gate_up and down of 2 layers; 2 routers
+    cfg = grpo_args(tmp_path, router_aux_loss_coef=0.5, learning_rate=1e-2, rollout_backend="native")
+    GRPOTrainer(model, tok, [char_score], DATA, cfg, show_progress=False).train()
+    changed = {n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(adapters[n], p)}
+    assert set(experts) <= changed and set(routers) <= changed  # lora_B starts at zero: the step moved it
+
+    ids = torch.tensor([tok.encode("the quick brown fox jumps")])
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    loaded = AutoModelForCausalLM.from_pretrained(save_merged(model, tok, tmp_path / "merged", dtype="float32"),
+                                                  attn_implementation="eager").eval()
+    assert not any("lora" in k or "base_layer" in k for k in loaded.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_lora_target_parameters_errors_are_one_line():
+    from rlvr.models.lora_targets import lora_target_parameters
+
+    model = family_model("qwen3_moe", 104)
+    with pytest.raises(RlvrError, match="its expert and router weights are experts.gate_up_proj, experts.down_proj, "
+                                        "mlp.gate.weight") as info:
+        lora_target_parameters(model, ["experts.up_proj"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(RlvrError, match="cannot use dropout.*lora_dropout: 0") as info:
+        lora_target_parameters(model, None, dropout=0.05)
+    assert lora_target_parameters(model, []) == [] and lora_target_parameters(make_model("llama"), None) == []

@@ -146,8 +146,9 @@ def _is_lora_matrix(key: str) -> bool:
 
 
 def _module_of(key: str) -> str:
-    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' → 'model.layers.0.self_attn.q_proj'."""
-    name = key.split(".lora_", 1)[0]
+    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' → 'model.layers.0.self_attn.q_proj';
+    peft's nested parameter wrappers ('...mlp.experts.base_layer.lora_A.weight') → the module they wrap."""
+    name = key.split(".lora_", 1)[0].replace(".base_layer", "")
     return name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
 
 
