@@ -84,13 +84,15 @@ def route(moe: MoeW, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def grouped_mm_supported(x: torch.Tensor) -> bool:
-    """Whether torch._grouped_mm runs here: CPU, or bf16 on a Hopper-class or newer GPU."""
+    """Whether torch._grouped_mm runs here without reading the offsets on the host: CPU, or bf16 on the GPUs
+    its CUTLASS kernels are built for (Hopper sm90, datacenter Blackwell sm100). Elsewhere torch falls back
+    to a loop over the groups that copies the offsets to the host: a sync, which no CUDA graph can capture."""
     if not hasattr(torch, "_grouped_mm"):
         return False
     if x.device.type == "cpu":
         return True
     return (x.device.type == "cuda" and x.dtype == torch.bfloat16
-            and torch.cuda.get_device_capability(x.device) >= (9, 0))
+            and torch.cuda.get_device_capability(x.device)[0] in (9, 10))
 
 
 def moe_mlp(moe: MoeW, h: torch.Tensor, act) -> torch.Tensor:
