@@ -164,3 +164,17 @@ def test_lora_target_parameters_errors_are_one_line():
     with pytest.raises(RlvrError, match="cannot use dropout.*lora_dropout: 0") as info:
         lora_target_parameters(model, None, dropout=0.05)
     assert lora_target_parameters(model, []) == [] and lora_target_parameters(make_model("llama"), None) == []
+
+
+def test_a_saved_expert_adapter_fits_its_base_and_is_refused_by_a_run_without_expert_lora(tmp_path):
+    from rlvr.models.adapter_checks import check_adapter_fits
+    from rlvr.models.loading import attach_lora, load_adapter
+
+    attach_lora(family_model("qwen3_moe", 104), 4, 8).save_pretrained(tmp_path / "adapter")
+    check_adapter_fits(family_model("qwen3_moe", 104), tmp_path / "adapter")  # nested wrappers name their module
+    loaded = load_adapter(family_model("qwen3_moe", 104), str(tmp_path / "adapter"))
+    assert any(".experts." in n for n, p in loaded.named_parameters() if p.requires_grad)
+    attention_only = attach_lora(family_model("qwen3_moe", 104), 4, 8, target_parameters=[])
+    with pytest.raises(RlvrError, match="'model.layers.0.mlp.experts'.*lora_target_parameters") as info:
+        check_adapter_fits(attention_only, tmp_path / "adapter")
+    assert "\n" not in str(info.value)
