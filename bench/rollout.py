@@ -48,7 +48,8 @@ SHAPES = {
     "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
                          tie_word_embeddings=False, rope_theta=5e5),
-    # Mixture of experts: 128 experts, 8 active per token; LoRA on attention (rlvr's MoE default).
+    # Mixture of experts: 128 experts, 8 active per token; LoRA on attention and every expert (rlvr's MoE
+    # default; --lora-target-parameters none: attention only, as the 2026-12-03 run).
     "qwen3-30b-a3b": dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
                           num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
                           num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, vocab_size=151936,
@@ -61,7 +62,8 @@ SHAPES = {
 }
 
 
-def build_model(shape: str, device: torch.device, dtype: torch.dtype, quant: str = "none"):
+def build_model(shape: str, device: torch.device, dtype: torch.dtype, quant: str = "none",
+                target_parameters: list[str] | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     spec = dict(SHAPES[shape])
@@ -79,18 +81,19 @@ def build_model(shape: str, device: torch.device, dtype: torch.dtype, quant: str
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(quantize_linears_4bit(model, dtype), use_gradient_checkpointing=False)
-    model = attach_lora(model, rank=16, alpha=32)
+    model = attach_lora(model, rank=16, alpha=32, target_parameters=target_parameters)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=1e-3)  # non-zero B: the adapter path is really computed
     return model, config
 
 
-def bw_bound_tok_per_s(engine: NativeEngine, batch: int, prompt: int, new_tokens: int) -> float:
-    """Tokens/s if every decode step only had to read its decode weights and the filled KV once at 4.8 TB/s
-    (for a mixture of experts, only the k experts one token uses: `ModelW.weight_bytes`)."""
+def bw_bound_tok_per_s(engine: NativeEngine, batch: int, prompt: int, new_tokens: int, rows: int = 1) -> float:
+    """Tokens/s if every decode step only had to read its decode weights and the filled KV once at 4.8 TB/s.
+    A mixture of experts' layer counts the experts `rows` tokens are routed to (`ModelW.weight_bytes`): 1 =
+    only the k experts of one token (issue 15's bound), `batch` = those a whole step touches."""
     w = engine.round_weights(read_weights(engine.model))
-    seconds = sum((w.weight_bytes() + batch * (prompt + t) * w.kv_bytes_per_token()) / H200_BYTES_PER_S
+    seconds = sum((w.weight_bytes(rows) + batch * (prompt + t) * w.kv_bytes_per_token()) / H200_BYTES_PER_S
                   for t in range(new_tokens))
     return batch * new_tokens / seconds
 
@@ -128,6 +131,8 @@ def main() -> None:
     ap.add_argument("--quant", choices=["none", "nf4"], default="none", help="4-bit (bitsandbytes NF4) bases")
     ap.add_argument("--dequantize-4bit", choices=["copy", "step"], default=None,
                     help="NF4: per-round dequantised copy or dequantisation inside the step (default: by memory)")
+    ap.add_argument("--lora-target-parameters", choices=["default", "none"], default="default",
+                    help="mixtures of experts: LoRA on every expert too (rlvr's default), or on attention only")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     quant.FP8_FAST_ACCUM = args.fp8_fast_accum
@@ -146,6 +151,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
     prompts = torch.randint(1, spec["vocab_size"], (n_prompts, args.prompt), generator=gen).tolist()
     batch = n_prompts * g
+    target_parameters = None if args.lora_target_parameters == "default" else []
 
     def native_round(model, rollout_dtype: str = "auto") -> tuple[float, int, dict, NativeEngine]:
         engine = NativeEngine(model, tokenizer, cuda_graphs=not args.no_graphs,
@@ -159,7 +165,7 @@ def main() -> None:
 
     extra = {}
     if args.quant == "nf4" or args.rollout_dtype == "fp8":  # the bf16 engine of the same run, for reference
-        model, _ = build_model(args.shape, device, dtype)
+        model, _ = build_model(args.shape, device, dtype, target_parameters=target_parameters)
         bf16_s, bf16_tokens, bf16_stats, _ = native_round(model)
         extra = {"bf16_tok_per_s": round(bf16_tokens / bf16_s, 1),
                  "bf16_peak_gib": None if bf16_stats.get("peak_gib") is None else round(bf16_stats["peak_gib"], 2)}
@@ -169,7 +175,7 @@ def main() -> None:
             if cuda:
                 torch.cuda.empty_cache()
     if args.quant == "nf4" or args.rollout_dtype != "fp8":
-        model, _ = build_model(args.shape, device, dtype, args.quant)
+        model, _ = build_model(args.shape, device, dtype, args.quant, target_parameters)
     native_s, native_tokens, stats, native = native_round(model, args.rollout_dtype)
 
     hf = HFEngine(model, tokenizer, batch_size=batch)
@@ -178,6 +184,7 @@ def main() -> None:
 
     native_tps, hf_tps = native_tokens / native_s, hf_tokens / hf_s
     bound = bw_bound_tok_per_s(native, batch, args.prompt, args.new_tokens)
+    touched = bw_bound_tok_per_s(native, batch, args.prompt, args.new_tokens, rows=batch)
     result = {
         "shape": args.shape, "rollout_dtype": stats.get("rollout_dtype"), "quant": args.quant,
         "batch": batch, "group": g, "prompt": args.prompt, "new_tokens": args.new_tokens,
@@ -187,6 +194,8 @@ def main() -> None:
         "hf_tok_per_s": round(hf_tps, 1), "speedup_vs_hf": round(native_tps / hf_tps, 2), **extra,
         "speedup_vs_bf16": round(native_tps / extra["bf16_tok_per_s"], 2) if extra else None,
         "bw_bound_tok_per_s": round(bound, 1), "share_of_bw_bound": round(native_tps / bound, 3),
+        "touched_bw_bound_tok_per_s": round(touched, 1), "share_of_touched_bw_bound": round(native_tps / touched, 3),
+        "lora_target_parameters": args.lora_target_parameters,
         "rollout_peak_gib": None if stats.get("peak_gib") is None else round(stats["peak_gib"], 2),
         "kv_gib": round(stats.get("kv_gib", 0.0), 3), "cuda_graphs": bool(stats.get("graphs")),
         "graphs_captured": stats.get("graphs_captured", 0), "sub_batches": stats.get("sub_batches"),

@@ -51,6 +51,10 @@ class ModelConfig:
     # Leaf module names, or 'all-linear'; where the default names do not fit the model's layout
     # (fused qkv_proj, GPT-NeoX) every Linear layer is adapted, with a warning (models/lora_targets.py).
     lora_target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    # Parameters adapted as parameters (peft's target_parameters, TRL's name): None = a mixture of experts'
+    # stacked expert weights (experts.gate_up_proj, experts.down_proj), router frozen; [] = none; name the
+    # router (mlp.gate.weight, gpt-oss mlp.router.weight) to adapt it too (models/lora_targets.py)
+    lora_target_parameters: list[str] | None = None
     adapter_path: str | None = None  # start from a saved LoRA adapter (e.g. the SFT warm-up's)
     load_in_4bit: bool = False  # QLoRA through bitsandbytes NF4 (CUDA only)
     attn_implementation: str = "sdpa"
@@ -197,6 +201,9 @@ class GRPOConfig(TrainerCoreConfig):
     vllm_importance_sampling_correction: bool = True  # TIS, when the rollout engine reports log-probs
     vllm_importance_sampling_mode: str = "token_truncate"
     vllm_importance_sampling_cap: float = 2.0
+    router_aux_loss_coef: float | None = None  # mixture of experts: weight of the router's load-balancing loss
+    # added to the objective, as TRL adds it; None = the model config's own (0.001 for Qwen3-MoE, Mixtral,
+    # gpt-oss), 0 = off; a non-zero value on a model without a router is refused (rlvr/models/moe.py)
     micro_batch_token_budget: int | None = None  # split micro-batches into pieces of at most this many padded
     # tokens (rows × longest row), rows sorted by length; the loss is the same however a step is split
     rollout_backend: str = "auto"  # auto (native on CUDA, hf elsewhere) | native | hf
@@ -248,6 +255,9 @@ class GRPOConfig(TrainerCoreConfig):
         for name in ("temperature", "max_completion_length", "num_iterations", "completions_log_steps"):
             if getattr(self, name) <= 0:
                 raise RlvrError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
+            raise RlvrError(f"train.router_aux_loss_coef must be >= 0 (or null for the model's own), "
+                            f"got {self.router_aux_loss_coef}")
         if self.delta is not None and self.delta <= 1:
             raise RlvrError(f"train.delta must be > 1 (it caps the unclipped ratio), got {self.delta}")
 

@@ -31,15 +31,20 @@ import numpy as np
 import torch
 
 from rlvr.errors import RlvrError, nearest
+from rlvr.export.gguf_families import (
+    ARCHITECTURES,
+    add_family_metadata,
+    check_representable,
+    rope_parameters,
+    split_tensors,
+    stored_tensor,
+)
 from rlvr.export.save import announce, is_peft_model, load_run, merged_state_dict, run_system_prompt
 
 log = logging.getLogger("rlvr")
 
 # Types written here with gguf-py; every other one comes from llama.cpp's quantizer.
 NATIVE_TYPES = ("f16", "bf16", "q8_0")
-# model_type → llama.cpp architecture name (gguf.MODEL_ARCH_NAMES values)
-# Mistral is llama.cpp's llama graph (convert_hf_to_gguf.py writes it so; its sliding window is not stored).
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
 EXTRA_HINT = 'pip install "rlvr[gguf]"'
 
 # Pre-tokenizer split patterns llama.cpp knows by name (llama-vocab.cpp), as HF tokenizer.json spells them.
@@ -98,6 +103,7 @@ def save_gguf(model, tokenizer, path: str | Path, quantization: str | Sequence[s
     types = parse_quantizations(quantization)
     base = model.get_base_model() if is_peft_model(model) else model
     arch = _architecture(base.config)
+    check_representable(base.config, arch)
     vocab = tokenizer_vocab(tokenizer, base.config.vocab_size)  # refuse an unsupported tokenizer before merging
     path = Path(path)
     targets = _targets(path, types, name)
@@ -187,7 +193,7 @@ def _head_dim(config) -> int:
 
 def _rope(config) -> dict:
     """transformers ≥5 keeps theta and scaling in rope_parameters, earlier versions in rope_theta/rope_scaling."""
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    params = rope_parameters(config)
     params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
     params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
     return params
@@ -204,10 +210,16 @@ def _tensor_plan(config, arch: str, state: dict[str, torch.Tensor]) -> list[tupl
     for key in state:
         if key.endswith("rotary_emb.inv_freq") or (tied and key == "lm_head.weight"):
             continue  # recomputed by every reader; a tied head is the embedding (no output tensor)
+        split = split_tensors(key)
+        if split is not None:
+            plan += [(gguf_name, key) for gguf_name in split]
+            continue
         gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise RlvrError(f"GGUF export: no llama.cpp name for tensor {key} of this {arch} model; "
                             "export --merged and convert with llama.cpp's convert_hf_to_gguf.py")
+        if not gguf_name.endswith((".weight", ".bias")):  # a bare parameter (stacked experts) is a weight
+            gguf_name += ".weight"
         plan.append((gguf_name, key))
     return plan
 
@@ -219,7 +231,7 @@ def _permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _tensor_data(gguf_name: str, tensor: torch.Tensor, config, arch: str) -> np.ndarray:
-    data = tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
+    data = stored_tensor(gguf_name, tensor, arch).detach().to(device="cpu", dtype=torch.float32).numpy()
     if arch == "llama" and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
         heads = config.num_attention_heads
         if ".attn_k." in gguf_name:
@@ -228,12 +240,13 @@ def _tensor_data(gguf_name: str, tensor: torch.Tensor, config, arch: str) -> np.
     return data
 
 
-def _ggml_type(qtype: str, data_shape: tuple[int, ...]):
-    """Tensor type for one tensor: norms and biases stay f32 as llama.cpp keeps them; q8_0 needs rows
-    that are whole 32-value blocks, so a tensor with other rows falls back to f16 (convert_hf_to_gguf.py does too)."""
+def _ggml_type(qtype: str, data_shape: tuple[int, ...], gguf_name: str = ""):
+    """Tensor type for one tensor: norms, biases and a mixture of experts' router stay f32 as llama.cpp keeps
+    them (a rounded router picks other experts); q8_0 needs rows that are whole 32-value blocks, so a tensor
+    with other rows falls back to f16 (convert_hf_to_gguf.py does too)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    if len(data_shape) < 2:
+    if len(data_shape) < 2 or ".ffn_gate_inp." in gguf_name:
         return GGMLQuantizationType.F32
     if qtype == "bf16":
         return GGMLQuantizationType.BF16
@@ -282,8 +295,8 @@ def _write(target: Path, config, arch: str, state: dict[str, torch.Tensor], voca
         _add_model_metadata(writer, config, arch, qtype, name)
         vocab.add_to(writer, tokenizer)
         for gguf_name, key in plan:
-            shape = tuple(state[key].shape)
-            _add_info(writer, gguf_name, shape, _ggml_type(qtype, shape))
+            shape = tuple(stored_tensor(gguf_name, state[key], arch).shape)
+            _add_info(writer, gguf_name, shape, _ggml_type(qtype, shape, gguf_name))
         for gguf_name, data in extra:
             _add_info(writer, gguf_name, data.shape, GGMLQuantizationType.F32)
         writer.write_header_to_file()
@@ -292,7 +305,7 @@ def _write(target: Path, config, arch: str, state: dict[str, torch.Tensor], voca
         progress = Progress(len(plan) + len(extra), f"GGUF {qtype}")
         for gguf_name, key in plan:
             data = _tensor_data(gguf_name, state[key], config, arch)
-            writer.write_tensor_data(quants.quantize(data, _ggml_type(qtype, data.shape)))
+            writer.write_tensor_data(quants.quantize(data, _ggml_type(qtype, data.shape, gguf_name)))
             progress.update(info=gguf_name)
         for _, data in extra:
             writer.write_tensor_data(data)
@@ -341,6 +354,7 @@ def _add_model_metadata(writer, config, arch: str, qtype: str, name: str) -> Non
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     _add_rope(writer, config)
+    add_family_metadata(writer, config, arch)
 
 
 def _add_rope(writer, config) -> None:

@@ -33,6 +33,7 @@ from rlvr.errors import RlvrError, nearest
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _LORA_PARAM = re.compile(r"\.lora_[A-Za-z_]+\.")  # lora_A, lora_B, lora_embedding_A/B parameters
+_BASE_LAYER = re.compile(r"(\.base_layer)+\.")  # peft's wrapper levels in a parameter's name
 
 
 def is_peft_model(model) -> bool:
@@ -86,14 +87,18 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     if not _plain_lora(model):
         # Rare adapter kinds: peft's own merge is the reference; a throwaway copy keeps ours intact.
         return dict(copy.deepcopy(model).merge_and_unload().state_dict())
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer, ParamWrapper
 
     base = model.get_base_model()
-    # peft renames a wrapped layer's weight `x.base_layer.weight` and adds `x.lora_A.<name>.weight`.
-    state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if not _LORA_PARAM.search(k)}
+    # peft renames a wrapped layer's weight `x.base_layer.weight` and adds `x.lora_A.<name>.weight`; adapted
+    # parameters (a mixture of experts' stacked experts) nest one wrapper per parameter: x.base_layer.base_layer.p.
+    state = {_BASE_LAYER.sub(".", k): v for k, v in base.state_dict().items() if not _LORA_PARAM.search(k)}
     for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            state[f"{name}.weight"] = _merged_weight(module)
+        if isinstance(module, ParamWrapper):
+            key = _BASE_LAYER.sub(".", f"{name}.") + module.parameter_name
+            state[key] = _merged_weight(module, module.get_param())
+        elif isinstance(module, LoraLayer):
+            state[f"{name}.weight"] = _merged_weight(module, module.get_base_layer().weight)
     return state
 
 
@@ -118,8 +123,9 @@ def _plain_lora(model) -> bool:
     return True
 
 
-def _merged_weight(module) -> torch.Tensor:
-    weight = module.get_base_layer().weight.detach()
+def _merged_weight(module, weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (the base of a LoRA layer or adapted parameter) plus its pending adapters, in float32."""
+    weight = weight.detach()
     adapters = set(module.lora_A) | set(module.lora_embedding_A)
     # Adapters already merged by the caller are in `weight`; adding them again would double them.
     pending = [a for a in module.active_adapters if a in adapters and a not in module.merged_adapters]

@@ -150,6 +150,13 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, loss_type: str, step: Step
     return AGGREGATIONS[loss_type](loss * mask, mask, step, micro_batch_tokens)
 
 
+def router_aux_share(piece_tokens: int, micro_batch_tokens: int, step: StepShape) -> float:
+    """The weight of one forward's router aux loss in the step loss. TRL adds coef · aux / GA for each
+    micro-batch, so the step holds the mean over its micro-batches (every rank's, in a data-parallel run);
+    a micro-batch run in pieces (a token budget) splits its weight by the pieces' unpadded tokens."""
+    return piece_tokens / max(1, micro_batch_tokens) / max(1, step.num_micro_batches)
+
+
 def clip_metrics(
     log_weights: torch.Tensor,  # [B, T] (token level) or [B, 1] (sequence level, GSPO)
     advantages: torch.Tensor,  # [B]

@@ -22,9 +22,18 @@ from rlvr.distributed.sharding import completion_slots, rank_micro_batches, rank
 from rlvr.errors import RlvrError
 from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, reward_stats
 from rlvr.grpo.memory import estimate_memory, format_estimate
-from rlvr.grpo.objective import StepShape, aggregate, clip_metric_share, clip_metrics, per_token_loss, tis_weights
+from rlvr.grpo.objective import (
+    StepShape,
+    aggregate,
+    clip_metric_share,
+    clip_metrics,
+    per_token_loss,
+    router_aux_share,
+    tis_weights,
+)
 from rlvr.grpo.round import RoundBatch, gather_round
-from rlvr.models.forward import completion_logprobs
+from rlvr.models.forward import PolicyForward, base_causal_lm, policy_forward
+from rlvr.models.moe import router_aux_loss_coef
 from rlvr.rewards.inputs import RewardLog, new_trainer_state, reward_inputs
 from rlvr.rewards.registry import resolve_rewards
 from rlvr.rewards.scoring import score_completions
@@ -96,6 +105,8 @@ class GRPOTrainer(TrainerCore):
         # ℓ^old is only needed when the policy can change between sampling and use (semantics §1).
         self.needs_old = self.spg > a.gradient_accumulation_steps or a.num_iterations > 1
         self.is_peft = hasattr(model, "disable_adapter")
+        # Mixture of experts: the router's load-balancing loss joins the objective, as in TRL (0 = off).
+        self.aux_coef = router_aux_loss_coef(base_causal_lm(model), a.router_aux_loss_coef)
         if a.beta > 0 and not self.is_peft:
             raise RlvrError("train.beta > 0 needs a reference policy: use LoRA (the adapter-disabled model is "
                             "the reference) or set beta: 0")
@@ -225,20 +236,20 @@ class GRPOTrainer(TrainerCore):
             for piece in self.token_budget_pieces(batch, idx):
                 mb = batch.rows(piece)
                 if adapters:
-                    lp, _ = self._policy_logps(mb, with_entropy=False)
+                    lp = self._policy_forward(mb, with_entropy=False).logps
                 else:
                     with self.model.disable_adapter():
-                        lp, _ = self._policy_logps(mb, with_entropy=False)
+                        lp = self._policy_forward(mb, with_entropy=False).logps
                 out[piece, :lp.shape[1]] = lp
         return out
 
-    def _policy_logps(self, mb: RoundBatch, with_entropy: bool):
+    def _policy_forward(self, mb: RoundBatch, with_entropy: bool, with_aux_loss: bool = False) -> PolicyForward:
         # The loss mask doubles as the completion's attention mask: a row it masks out entirely
         # needs no log-probs, and every other row's mask is its real one.
         with self.autocast():
-            return completion_logprobs(self.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids,
-                                       mb.completion_mask, self.args.temperature, with_entropy,
-                                       self.args.logprob_chunk_elements)
+            return policy_forward(self.model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids,
+                                  mb.completion_mask, self.args.temperature, with_entropy,
+                                  self.args.logprob_chunk_elements, with_aux_loss)
 
     # ------------------------------------------------------------------ update
 
@@ -291,10 +302,19 @@ class GRPOTrainer(TrainerCore):
         # (and the count would cost a host sync per micro-batch for nothing).
         micro_batch_tokens = int(batch.completion_mask[index].sum()) if a.micro_batch_token_budget else None
         total = 0.0
-        for piece in self.token_budget_pieces(batch, index):
-            mb = batch.rows(rows_in_the_loss(piece, batch.completion_mask))
+        pieces = self.token_budget_pieces(batch, index)
+        with_aux = self.aux_coef != 0
+        # The router aux loss's weight is split between pieces by their unpadded tokens (a micro-batch run
+        # whole needs no count, and no host sync).
+        split = with_aux and len(pieces) > 1
+        micro_batch_inputs = self._input_tokens(index) if split else 1
+        for piece in pieces:
+            # Rows the loss masks out entirely are left out (rows_in_the_loss), except when the router's
+            # aux loss is on: it averages over every token of the forward, masked rows' too.
+            mb = batch.rows(piece if with_aux else rows_in_the_loss(piece, batch.completion_mask))
             weight = mb.completion_mask.sum().item() / max(1, shape.num_tokens)
-            logps, entropy = self._policy_logps(mb, with_entropy=True)
+            fwd = self._policy_forward(mb, with_entropy=True, with_aux_loss=with_aux)
+            logps, entropy = fwd.logps, fwd.entropy
             tis = None
             if mb.rollout_logps is not None:
                 old = mb.old_logps if mb.old_logps is not None else logps.detach()
@@ -311,6 +331,10 @@ class GRPOTrainer(TrainerCore):
                                  delta=a.delta, importance_sampling_level=a.importance_sampling_level,
                                  ref_logps=mb.ref_logps, beta=a.beta, tis=tis)
             loss = aggregate(out.loss, mb.completion_mask, a.loss_type, shape, micro_batch_tokens)
+            if with_aux:
+                aux_share = router_aux_share(self._input_tokens(piece) if split else 1, micro_batch_inputs, shape)
+                loss = loss + self.aux_coef * aux_share * fwd.aux_loss
+                sums["aux_loss"] = sums.get("aux_loss", 0.0) + fwd.aux_loss.item() * aux_share
             self.backward(loss)
             total += loss.item()
             share = clip_metric_share(out.log_weights, mb.completion_mask, shape)
@@ -321,6 +345,10 @@ class GRPOTrainer(TrainerCore):
             if out.kl is not None:
                 _add(sums, "kl", out.kl, mb.completion_mask, weight)
         return total
+
+    def _input_tokens(self, rows: torch.Tensor) -> int:
+        """Unpadded prompt + completion tokens of some rows of the round (what the router sees)."""
+        return int(self.batch.prompt_mask[rows].sum() + self.batch.completion_mask[rows].sum())
 
     # ------------------------------------------------------------------ loop
 

@@ -112,11 +112,13 @@ def _check_against_live(folder: Path, config: dict, shapes: dict, live: dict, or
     missing = sorted(_module_of(k) for k in shapes if _is_lora_matrix(k) and k not in live)
     if missing:
         raise RlvrError(f"the adapter in {folder} adapts {len(missing)} modules this run's LoRA does not (e.g. "
-                        f"'{missing[0]}'){origin}; set model.lora_target_modules as when it was saved")
+                        f"'{missing[0]}'){origin}; set model.lora_target_modules (and lora_target_parameters) "
+                        "as when it was saved")
     untrained = sorted(_module_of(k) for k in live if _is_lora_matrix(k) and k not in shapes)
     if shapes and untrained:
         raise RlvrError(f"this run's LoRA adapts {len(untrained)} modules the adapter in {folder} has no weights "
-                        f"for (e.g. '{untrained[0]}'); set model.lora_target_modules as when it was saved")
+                        f"for (e.g. '{untrained[0]}'); set model.lora_target_modules (and lora_target_parameters) "
+                        "as when it was saved")
     for key, shape in shapes.items():
         if key in live and live[key] != shape:
             rank_now = live[key][0] if ".lora_A." in key else live[key][1]
@@ -146,8 +148,9 @@ def _is_lora_matrix(key: str) -> bool:
 
 
 def _module_of(key: str) -> str:
-    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' → 'model.layers.0.self_attn.q_proj'."""
-    name = key.split(".lora_", 1)[0]
+    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' → 'model.layers.0.self_attn.q_proj';
+    peft's nested parameter wrappers ('...mlp.experts.base_layer.lora_A.weight') → the module they wrap."""
+    name = key.split(".lora_", 1)[0].replace(".base_layer", "")
     return name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
 
 

@@ -18,7 +18,7 @@ from rlvr.config import ModelConfig
 from rlvr.errors import RlvrError
 from rlvr.models.adapter_checks import check_adapter_fits, warn_if_other_base
 from rlvr.models.gguf_reads import shared_gguf_reads
-from rlvr.models.lora_targets import adapted_modules, lora_targets
+from rlvr.models.lora_targets import adapted_modules, lora_target_parameters, lora_targets
 from rlvr.status import announce
 
 log = logging.getLogger("rlvr")
@@ -132,13 +132,16 @@ def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code:
 
 
 def attach_lora(model, rank: int = 16, alpha: int = 16, dropout: float = 0.0,
-                target_modules: list[str] | str | None = None, seed: int | None = None):
-    """LoRA adapters on `target_modules`; `seed` seeds their initialisation (same seed, same adapter)."""
+                target_modules: list[str] | str | None = None, seed: int | None = None,
+                target_parameters: list[str] | None = None):
+    """LoRA adapters on `target_modules` and `target_parameters` (None: a mixture of experts' stacked expert
+    weights, models/lora_targets.py); `seed` seeds their initialisation (same seed, same adapter)."""
     from peft import LoraConfig, get_peft_model
 
     targets = lora_targets(model, target_modules)
+    parameters = lora_target_parameters(model, target_parameters, dropout)
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                     task_type="CAUSAL_LM", bias="none")
+                     target_parameters=parameters or None, task_type="CAUSAL_LM", bias="none")
     if seed is not None:
         torch.manual_seed(seed)  # lora_A's kaiming init draws from the global generator
     model = get_peft_model(model, cfg)
@@ -156,6 +159,7 @@ def load_model(
     lora_alpha: int = 16,
     lora_dropout: float = 0.0,
     target_modules: list[str] | None = None,
+    target_parameters: list[str] | None = None,
     adapter_path: str | None = None,
     load_in_4bit: bool = False,
     device: str | torch.device | None = None,
@@ -193,7 +197,8 @@ def load_model(
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = attach_lora(model, lora_rank, lora_alpha, lora_dropout, target_modules, seed=seed)
+        model = attach_lora(model, lora_rank, lora_alpha, lora_dropout, target_modules, seed=seed,
+                            target_parameters=target_parameters)
     announce(f"model loaded in {time.perf_counter() - start:.1f} s on {device}")
     return model, tokenizer
 
@@ -240,7 +245,8 @@ def load_model_from_config(cfg: ModelConfig, device: str | torch.device | None =
     return load_model(
         cfg.model_name_or_path, gguf_file=cfg.gguf_file, dtype=cfg.dtype, use_lora=cfg.use_lora,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules, adapter_path=cfg.adapter_path, load_in_4bit=cfg.load_in_4bit,
+        target_modules=cfg.lora_target_modules, target_parameters=cfg.lora_target_parameters,
+        adapter_path=cfg.adapter_path, load_in_4bit=cfg.load_in_4bit,
         device=device, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
         seed=seed,
     )

@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from rlvr.models.forward import base_causal_lm
-from rlvr.rollout.native.moe import MoeW, grouped_mm_supported
+from rlvr.rollout.native.moe import ExpertLora, MoeW, grouped_mm_supported
 from rlvr.rollout.native.weights import ArchW, LayerW, LinearW, ModelW, Unsupported, _linear
 
 DENSE = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "granite", "smollm3")
@@ -141,23 +141,64 @@ def _attention(config, attn, p: str, hq: int, hk: int, d: int) -> tuple[LinearW,
 
 def _moe(config, mlp, p: str) -> MoeW:
     """The sparse block: the router (Qwen3-MoE's / Mixtral's `gate`, gpt-oss's `router`) and the stacked
-    experts, all plain parameters (adapted or quantized experts are left to hf)."""
-    experts, router = mlp.experts, getattr(mlp, "router", None) or mlp.gate
+    experts, plain parameters or adapted by peft's parameter wrappers (`_param_adapters`; quantized experts
+    are left to hf). An adapted router is merged into a copy here (it is [E, hidden]: small); the experts'
+    adapters run in the step (moe.py)."""
+    experts, expert_loras = _param_adapters(mlp.experts)
+    router, router_loras = _param_adapters(getattr(mlp, "router", None) or mlp.gate)
     tensors = (getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None),
                getattr(router, "weight", None))
     if not all(type(t) is torch.nn.Parameter and t.is_floating_point() for t in tensors):
-        raise Unsupported(f"{p}.mlp: {type(experts).__name__} / {type(router).__name__} (adapted or quantized experts)")
+        raise Unsupported(f"{p}.mlp: {type(experts).__name__} / {type(router).__name__} (quantized experts)")
     if getattr(config, "shared_expert_intermediate_size", 0):
         raise Unsupported("shared experts")
+    if set(router_loras) - {"weight"} or set(expert_loras) - {"gate_up_proj", "down_proj"}:
+        raise Unsupported(f"{p}.mlp: LoRA on {sorted(set(router_loras) | set(expert_loras))}")
     gpt_oss = config.model_type == "gpt_oss"
-    return MoeW(router=router.weight, gate_up=experts.gate_up_proj, down=experts.down_proj,
+    router_weight = router.weight
+    if router_loras.get("weight"):
+        with torch.no_grad():
+            router_weight = router.weight + sum(s * b @ a for a, b, s in router_loras["weight"])
+    return MoeW(router=router_weight, gate_up=experts.gate_up_proj, down=experts.down_proj,
                 top_k=config.num_experts_per_tok,
                 renormalize=bool(getattr(config, "norm_topk_prob", True)) and not gpt_oss,
                 weights_in_model_dtype=config.model_type != "mixtral",
                 grouped=grouped_mm_supported(experts.gate_up_proj),
                 router_bias=getattr(router, "bias", None), gate_up_bias=getattr(experts, "gate_up_proj_bias", None),
                 down_bias=getattr(experts, "down_proj_bias", None), transposed=gpt_oss, softmax_after_topk=gpt_oss,
-                clamped_glu=(float(experts.alpha), float(experts.limit)) if gpt_oss else None)
+                clamped_glu=(float(experts.alpha), float(experts.limit)) if gpt_oss else None,
+                gate_up_lora=_expert_loras(expert_loras.get("gate_up_proj", []), experts.gate_up_proj),
+                down_lora=_expert_loras(expert_loras.get("down_proj", []), experts.down_proj))
+
+
+def _param_adapters(module: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, list]]:
+    """The module under peft's parameter wrappers (one per adapted parameter, nested), and per parameter
+    name each active adapter as (A [r·E, in], B [out, r·E], scaling): none when adapters are disabled or
+    merged into the weights."""
+    adapters: dict[str, list] = {}
+    while hasattr(module, "parameter_name") and hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+        if not module.disable_adapters and not module.merged:
+            adapters[module.parameter_name] = [
+                (module.lora_A[a].weight, module.lora_B[a].weight, float(module.scaling[a]))
+                for a in module.active_adapters if a in module.lora_A]
+        module = module.base_layer
+    return module, adapters
+
+
+def _expert_loras(adapters: list, weight: torch.Tensor) -> tuple[ExpertLora, ...]:
+    """peft's per-expert factors of a stacked weight as grouped-GEMM operands: A [r·E, in] holds expert e's
+    A_e in rows e·r…(e+1)·r, B [out, r·E] its B_e in columns e, e+E, … (peft's `get_delta_weight`)."""
+    n, out = weight.shape[0], []
+    for a, b, scaling in adapters:
+        r = a.shape[0] // n
+        pad = -r % 8
+        a_t = a.detach().reshape(n, r, -1).transpose(1, 2)  # [E, in, r]
+        b_t = b.detach().reshape(b.shape[0], r, n).permute(2, 1, 0)  # [E, r, out]
+        if pad:
+            a_t = torch.nn.functional.pad(a_t, (0, pad))
+            b_t = torch.nn.functional.pad(b_t, (0, 0, 0, pad))
+        out.append(ExpertLora(a=a_t.to(weight.dtype), b=b_t.to(weight.dtype).contiguous(), scaling=scaling))
+    return tuple(out)
 
 
 def _mlp(mlp, p: str) -> tuple[LinearW, LinearW, LinearW]:

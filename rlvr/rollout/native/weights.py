@@ -147,12 +147,13 @@ class ModelW:
         """Bytes of K and V cached per token over all layers."""
         return 2 * len(self.layers) * self.n_kv_heads * self.head_dim * self.embed.element_size()
 
-    def weight_bytes(self) -> int:
-        """Bytes one decode step reads from the weights (the embedding only via the tied head)."""
+    def weight_bytes(self, rows: int = 1) -> float:
+        """Bytes one decode step of `rows` tokens reads from the weights (the embedding only via the tied head;
+        a mixture of experts' layer the experts the step's tokens are routed to: `MoeW.read_bytes`)."""
         n = self.lm_head.bytes() + sum(t.numel() * t.element_size() for t in (self.norm,))
         for layer in self.layers:
             n += sum(getattr(layer, name).bytes() for name in used_projections(layer))
-            n += layer.moe.active_bytes() if layer.moe is not None else 0  # the k experts a token uses
+            n += layer.moe.read_bytes(rows) if layer.moe is not None else 0
         return n
 
 
@@ -316,9 +317,11 @@ def _cast(w: ModelW, dtype: torch.dtype) -> ModelW:
         if m is None:
             return None
         gate_up = t(m.gate_up)
+        loras = lambda ls: tuple(replace(lo, a=t(lo.a), b=t(lo.b)) for lo in ls)  # noqa: E731
         return replace(m, router=t(m.router), gate_up=gate_up, down=t(m.down), router_bias=t(m.router_bias),
                        gate_up_bias=t(m.gate_up_bias), down_bias=t(m.down_bias),
-                       grouped=grouped_mm_supported(gate_up))
+                       grouped=grouped_mm_supported(gate_up), gate_up_lora=loras(m.gate_up_lora),
+                       down_lora=loras(m.down_lora))
 
     # Gemma's norm weights hold 1 + w in fp32 (applied before the cast back): they stay fp32.
     nrm = (lambda x: x) if w.arch.gemma_norm else t
