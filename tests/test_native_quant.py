@@ -19,12 +19,12 @@ from test_native_engine import _prompts, _randomize_lora, _rows
 from rlvr.config import GRPOConfig
 from rlvr.errors import RlvrError
 from rlvr.models.forward import completion_logprobs
+from rlvr.models.fp8 import FP8_MAX, dequantize_fp8_rows, fp8_linear, quantize_fp8_rows
 from rlvr.models.loading import attach_lora, quantize_linears_4bit
 from rlvr.rollout import HFEngine, SamplingParams
 from rlvr.rollout.native import NativeEngine
 from rlvr.rollout.native import engine as engine_module
 from rlvr.rollout.native.families import read_weights
-from rlvr.rollout.native.quant import FP8_MAX, dequantize_fp8_rows, fp8_linear, quantize_fp8_rows
 from rlvr.rollout.native.weights import decode_weights
 
 GREEDY = SamplingParams(max_new_tokens=12, do_sample=False)

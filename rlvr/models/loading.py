@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from rlvr.config import ModelConfig
+from rlvr.config import ModelConfig, check_base_quantization
 from rlvr.errors import RlvrError
 from rlvr.models.adapter_checks import check_adapter_fits, warn_if_other_base
+from rlvr.models.fp8 import describe_fp8_base, quantize_linears_fp8
 from rlvr.models.lora_targets import adapted_modules, lora_targets
 
 log = logging.getLogger("rlvr")
@@ -155,13 +156,16 @@ def load_model(
     target_modules: list[str] | None = None,
     adapter_path: str | None = None,
     load_in_4bit: bool = False,
+    load_in_fp8: bool = False,
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     seed: int | None = None,
 ):
     """Load (model, tokenizer); the model is on `device`, LoRA-wrapped unless use_lora=False (a new
-    adapter initialised from `seed` when given)."""
+    adapter initialised from `seed` when given). load_in_fp8: the decoder's Linear layers become frozen
+    FP8 ones (`models/fp8.py`), each quantised on `device` as it moves there."""
+    check_base_quantization(load_in_4bit, load_in_fp8, use_lora or adapter_path is not None)
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source, gguf = resolve_source(name_or_path, gguf_file)
@@ -172,6 +176,9 @@ def load_model(
         kwargs["device_map"] = {"": device.index or 0}
     tokenizer = load_tokenizer(source, gguf, trust_remote_code)
     model = load_causal_lm(source, gguf, **kwargs)
+    if load_in_fp8:
+        quantize_linears_fp8(model, torch_dtype, device)
+        log.info("%s", describe_fp8_base(model))
     if not load_in_4bit:
         model.to(device)
     if model.generation_config.pad_token_id is None:
@@ -230,6 +237,6 @@ def load_model_from_config(cfg: ModelConfig, device: str | torch.device | None =
         cfg.model_name_or_path, gguf_file=cfg.gguf_file, dtype=cfg.dtype, use_lora=cfg.use_lora,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target_modules, adapter_path=cfg.adapter_path, load_in_4bit=cfg.load_in_4bit,
-        device=device, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
-        seed=seed,
+        load_in_fp8=cfg.load_in_fp8, device=device, attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code, seed=seed,
     )
