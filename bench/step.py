@@ -187,7 +187,7 @@ def main():
         if a.system == "both":
             run_both(a)
         else:
-            print(json.dumps(run_rlvr(a) if a.system == "rlvr" else run_trl(a)))
+            emit(run_rlvr(a) if a.system == "rlvr" else run_trl(a), a.out)  # children: no --out, stdout only
     finally:
         if made_dir:
             shutil.rmtree(a.model_dir, ignore_errors=True)

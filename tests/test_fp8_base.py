@@ -240,6 +240,18 @@ def test_load_in_fp8_logs_how_it_computes(folder, caplog):
     assert len(lines) == 1 and "14 Linear layers" in lines[0] and "dequantised per matmul" in lines[0]
 
 
+def test_an_adapter_saved_on_an_fp8_base_loads_back_onto_one(folder, tmp_path):
+    model, _ = load_model(str(folder), device="cpu", load_in_fp8=True, lora_rank=4, seed=0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(std=0.1)
+    model.save_pretrained(tmp_path / "adapter")
+    again, _ = load_model(str(folder), device="cpu", load_in_fp8=True, adapter_path=str(tmp_path / "adapter"))
+    assert isinstance(again.base_model.model.model.layers[0].mlp.down_proj.base_layer, FrozenFP8Linear)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
+
+
 def test_merged_export_dequantises_the_fp8_base(tmp_path):
     from transformers import AutoModelForCausalLM
 
