@@ -1,7 +1,7 @@
 """FP8 row-wise matmul against bf16 at decode shapes: is the kernel what limits an FP8 rollout?
 
 For each (rows, in, out) of a model's decode step, times F.linear in bf16, torch._scaled_mm on
-pre-quantised operands (the kernel alone), and quant.fp8_linear (activation quantised per row on the
+pre-quantised operands (the kernel alone), and fp8.fp8_linear (activation quantised per row on the
 fly, as the engine runs it) eager and compiled, each with and without fast accumulation. One JSON
 line per shape, microseconds per call (CUDA events over `--iters` calls, after a warm-up). The
 fp8_linear timings run outside a CUDA graph, so they include launch time; the engine's do not.
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from report import emit
 from rollout import SHAPES
 
-from rlvr.rollout.native import quant
+from rlvr.models import fp8
 
 
 def timed_us(iters: int, fn, *args, **kwargs) -> float:
@@ -46,12 +46,12 @@ def main() -> None:
     qkv = (s["num_attention_heads"] + 2 * s["num_key_value_heads"]) * head
     x16 = torch.randn(args.rows, h, device="cuda", dtype=torch.bfloat16)
     xi = torch.randn(args.rows, inter, device="cuda", dtype=torch.bfloat16)
-    compiled = torch.compile(quant.fp8_linear, fullgraph=True)
+    compiled = torch.compile(fp8.fp8_linear, fullgraph=True)
     for name, k, n in (("qkv", h, qkv), ("o", h, h), ("gate_up", h, 2 * inter), ("down", inter, h)):
         x = x16 if k == h else xi
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        wq, ws = quant.quantize_fp8_rows(w)
-        xq, xs = quant.quantize_fp8_rows(x)
+        wq, ws = fp8.quantize_fp8_rows(w)
+        xq, xs = fp8.quantize_fp8_rows(x)
         row = {"shape": args.shape, "matrix": name, "rows": args.rows, "in": k, "out": n,
                "bf16_us": timed_us(args.iters, F.linear, x, w),
                "bf16_bytes_bound_us": n * k * 2 / 4.8e12 * 1e6, "fp8_bytes_bound_us": n * k / 4.8e12 * 1e6}
@@ -59,10 +59,10 @@ def main() -> None:
             tag = "_fast" if fast else ""
             row[f"scaled_mm{tag}_us"] = timed_us(args.iters, torch._scaled_mm, xq, wq.t(), scale_a=xs[:, None],
                                                  scale_b=ws[None, :], out_dtype=torch.bfloat16, use_fast_accum=fast)
-            quant.FP8_FAST_ACCUM = fast
-            row[f"fp8_linear{tag}_us"] = timed_us(args.iters, quant.fp8_linear, x, wq, ws)
+            fp8.FP8_FAST_ACCUM = fast
+            row[f"fp8_linear{tag}_us"] = timed_us(args.iters, fp8.fp8_linear, x, wq, ws)
             row[f"fp8_linear_compiled{tag}_us"] = timed_us(args.iters, compiled, x, wq, ws)
-        quant.FP8_FAST_ACCUM = False
+        fp8.FP8_FAST_ACCUM = False
         emit({k2: round(v, 2) if isinstance(v, float) else v for k2, v in row.items()}, args.out)
 
 

@@ -28,9 +28,10 @@ import torch
 import transformers
 from report import emit
 
+from rlvr.models import fp8
 from rlvr.models.loading import attach_lora, quantize_linears_4bit
 from rlvr.rollout import HFEngine, SamplingParams
-from rlvr.rollout.native import NativeEngine, quant
+from rlvr.rollout.native import NativeEngine
 from rlvr.rollout.native.families import read_weights
 
 H200_BYTES_PER_S = 4.8e12
@@ -135,7 +136,7 @@ def main() -> None:
                     help="mixtures of experts: LoRA on every expert too (rlvr's default), or on attention only")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    quant.FP8_FAST_ACCUM = args.fp8_fast_accum
+    fp8.FP8_FAST_ACCUM = args.fp8_fast_accum
     if args.max_autotune:
         from torch._inductor import config as inductor_config
 

@@ -7,6 +7,15 @@ peak memory is its own; prints one JSON line with both and the ratios.
 
     python bench/step.py --out bench/results/step.jsonl            # both systems
     python bench/step.py --system rlvr --steps 3                   # one system, its JSON only
+    python bench/step.py --quant nf4 --out bench/results/step.jsonl   # QLoRA: rlvr and TRL on NF4 bases
+    python bench/step.py --load-in-fp8 --settings rlvr,rlvr_frugal   # rlvr on an FP8 base; TRL in bf16
+
+--quant nf4 and --load-in-fp8 save the random bf16 model once (with the anchor's tokenizer) to a
+temporary folder, and each system loads it as a user does: rlvr through `load_model(load_in_4bit=True
+| load_in_fp8=True)` (NF4 with double quantisation, peft's k-bit preparation; or FP8 rows), TRL (NF4
+only: it has no FP8 base) through `bench/trl_qlora.py`, the anchor's run on that folder loaded with
+BitsAndBytesConfig, TRL's QLoRA setting. rlvr autocasts to bf16 there (`bf16: true`, as TRL's
+bf16=True), since k-bit preparation keeps norms, embeddings and the head in fp32.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,15 +43,20 @@ def run_rlvr(a) -> dict:
 
     from rlvr.config import GRPOConfig
     from rlvr.grpo.trainer import GRPOTrainer
-    from rlvr.models.loading import attach_lora
+    from rlvr.models.loading import attach_lora, load_model
 
     torch.manual_seed(0)
-    model = make_model(a.shape, torch.bfloat16)
+    if a.model_dir:  # NF4 or FP8 bases, loaded as `model.load_in_4bit` / `model.load_in_fp8` load them
+        model, _ = load_model(a.model_dir, dtype="bfloat16", lora_rank=16, lora_alpha=16,
+                              load_in_4bit=a.quant == "nf4", load_in_fp8=a.load_in_fp8, seed=0)
+    else:
+        model = attach_lora(make_model(a.shape, torch.bfloat16), 16, 16)
     vocab = model.config.vocab_size
+    # The anchor's word-level tokenizer itself: AutoTokenizer would read the saved one as the model
+    # type's (Qwen2Tokenizer), which does not split "t10 t11 ..." into its words.
     tok = make_tokenizer(vocab)
     model.generation_config.eos_token_id = vocab - 1
     model.generation_config.pad_token_id = vocab - 2
-    model = attach_lora(model, 16, 16)
     prompts = [" ".join(f"t{(j * 7 + k) % 1000 + 10}" for k in range(a.prompt)) for j in range(256)]
     ds = [{"prompt": p} for p in prompts]
 
@@ -52,8 +67,8 @@ def run_rlvr(a) -> dict:
                       max_completion_length=a.completion, max_steps=a.steps, learning_rate=1e-6, beta=0.0,
                       gradient_checkpointing=a.checkpointing, save_steps=10**9, rollout_backend=a.backend,
                       temperature=1.0, log_completions=False, optim="adamw_torch",
-                      rollout_merge_lora=a.merge_lora,
-                      micro_batch_token_budget=a.token_budget,
+                      rollout_merge_lora=a.merge_lora, rollout_dtype=a.rollout_dtype,
+                      bf16=a.quant == "nf4", micro_batch_token_budget=a.token_budget,
                       **({"logprob_chunk_elements": a.logprob_chunk} if a.logprob_chunk else {}))
     trainer = GRPOTrainer(model, tok, [reward_len], ds, args, show_progress=False)
     torch.cuda.reset_peak_memory_stats()
@@ -73,6 +88,8 @@ def run_rlvr(a) -> dict:
     step_seconds = [e - s for s, e in zip(steps, ends)]
     rows = [json.loads(line) for line in open(Path(args.output_dir) / "metrics.jsonl")]
     return {"system": "rlvr", "backend": a.backend, "merge_lora": a.merge_lora, "checkpointing": a.checkpointing,
+            "quant": a.quant, "load_in_fp8": a.load_in_fp8, "rollout_dtype": a.rollout_dtype,
+            "rollout": trainer.engine.describe(), "rollout_stats": _plain(trainer.engine.last_stats),
             "step_seconds": step_seconds,
             "logprob_chunk_elements": args.logprob_chunk_elements,
             "micro_batch_token_budget": args.micro_batch_token_budget,
@@ -83,27 +100,50 @@ def run_rlvr(a) -> dict:
             "estimate_gib": trainer.memory_estimate}
 
 
+def _plain(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+
 def run_trl(a) -> dict:
-    cmd = [sys.executable, str(HERE / "trl_grpo_anchor.py"), "--shape", a.shape, "--completion", str(a.completion),
+    """The anchor's TRL run: bf16 LoRA, or with --quant nf4 its QLoRA setting on the saved model."""
+    script = ["trl_qlora.py", "--model-dir", a.model_dir] if a.quant == "nf4" else ["trl_grpo_anchor.py"]
+    cmd = [sys.executable, str(HERE / script[0]), *script[1:], "--shape", a.shape, "--completion", str(a.completion),
            "--prompt", str(a.prompt), "--gens", str(a.gens), "--steps", str(a.steps)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     line = [x for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode or not line:
         return {"system": "trl", "error": (out.stderr or out.stdout)[-600:]}
     res = json.loads(line[-1])
-    res["system"] = "trl"
+    res.update(system="trl", quant=a.quant)
     return res
 
 
 def child(a, system: str, merge_lora: str, extra: tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, __file__, "--system", system, "--shape", a.shape, "--completion", str(a.completion),
            "--prompt", str(a.prompt), "--gens", str(a.gens), "--steps", str(a.steps), "--backend", a.backend,
-           "--merge-lora", merge_lora, *extra]
+           "--merge-lora", merge_lora, "--quant", a.quant, "--rollout-dtype", a.rollout_dtype, *extra,
+           *(["--load-in-fp8"] if a.load_in_fp8 else []), *(["--model-dir", a.model_dir] if a.model_dir else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     line = [x for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode or not line:
         return {"system": system, "error": (out.stderr or out.stdout)[-600:]}
     return json.loads(line[-1])
+
+
+def save_model_dir(a) -> str:
+    """The anchor's random bf16 model and tokenizer in a temporary folder, for the systems to load
+    quantised as a user does (from_pretrained with a quantisation config needs weights on disk)."""
+    sys.path.insert(0, str(HERE))
+    from trl_grpo_anchor import make_model, make_tokenizer
+
+    torch.manual_seed(0)
+    model = make_model(a.shape, torch.bfloat16)
+    folder = tempfile.mkdtemp(prefix=f"rlvr-step-{a.shape}-")
+    model.save_pretrained(folder)
+    make_tokenizer(model.config.vocab_size).save_pretrained(folder)  # load_model loads one (run_rlvr uses its own)
+    del model
+    torch.cuda.empty_cache()
+    return folder
 
 
 def steady(seconds: list[float]) -> float:
@@ -128,18 +168,35 @@ def main():
     ap.add_argument("--token-budget", type=int, default=None, help="rlvr only: micro_batch_token_budget")
     ap.add_argument("--settings", default="rlvr,rlvr_unmerged,rlvr_attention_merged",
                     help="with --system both: which rlvr settings to run beside TRL")
+    ap.add_argument("--quant", choices=["none", "nf4"], default="none",
+                    help="nf4: QLoRA (NF4 bases, double quantisation) for rlvr and TRL alike")
+    ap.add_argument("--load-in-fp8", action="store_true", help="rlvr only: model.load_in_fp8 (FP8 base, LoRA on top)")
+    ap.add_argument("--rollout-dtype", choices=["auto", "bfloat16", "float16", "fp8"], default="auto",
+                    help="rlvr only: train.rollout_dtype")
+    ap.add_argument("--model-dir", default=None, help="(set by the parent run) the saved model to load quantised")
     ap.add_argument("--out")
     a = ap.parse_args()
+    if a.quant == "nf4" and a.load_in_fp8:
+        ap.error("--quant nf4 and --load-in-fp8 are two kinds of base: choose one")
     a.merge_lora = {"all": True, "attention": "attention", "none": False}[a.merge_lora]
     a.checkpointing = True if a.checkpointing == "true" else "offload"
-    if a.system == "rlvr":
-        print(json.dumps(run_rlvr(a)))
-        return
-    if a.system == "trl":
-        print(json.dumps(run_trl(a)))
-        return
+    made_dir = a.model_dir is None and (a.quant == "nf4" or (a.load_in_fp8 and a.system != "trl"))
+    if made_dir:
+        a.model_dir = save_model_dir(a)
+    try:
+        if a.system == "both":
+            run_both(a)
+        else:
+            emit(run_rlvr(a) if a.system == "rlvr" else run_trl(a), a.out)  # children: no --out, stdout only
+    finally:
+        if made_dir:
+            shutil.rmtree(a.model_dir, ignore_errors=True)
+
+
+def run_both(a) -> None:
     res = {"bench": "step", "shape": a.shape, "completion": a.completion, "prompt": a.prompt, "gens": a.gens,
-           "steps": a.steps, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "steps": a.steps, "quant": a.quant, "load_in_fp8": a.load_in_fp8, "rollout_dtype": a.rollout_dtype,
+           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "date": datetime.date.today().isoformat()}
     settings = {"rlvr": ("all", ()), "rlvr_unmerged": ("none", ()),
                 # The frugal setting: q/k/v/o merged only, offloaded checkpointing, a smaller loss chunk.

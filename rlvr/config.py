@@ -57,6 +57,9 @@ class ModelConfig:
     lora_target_parameters: list[str] | None = None
     adapter_path: str | None = None  # start from a saved LoRA adapter (e.g. the SFT warm-up's)
     load_in_4bit: bool = False  # QLoRA through bitsandbytes NF4 (CUDA only)
+    # The frozen base's decoder Linear layers in float8 e4m3 with a scale per row (LoRA stays 16/32-bit):
+    # half the bytes of bf16; matmuls on FP8 tensor cores where the GPU has them (models/fp8.py).
+    load_in_fp8: bool = False
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
 
@@ -67,6 +70,17 @@ class ModelConfig:
         if isinstance(self.lora_target_modules, str) and self.lora_target_modules != ALL_LINEAR:
             raise RlvrError(f"model.lora_target_modules: {self.lora_target_modules!r} is not a list of module "
                             f"names; give a list like [q_proj, v_proj] or '{ALL_LINEAR}'")
+        check_base_quantization(self.load_in_4bit, self.load_in_fp8, self.use_lora)
+
+
+def check_base_quantization(load_in_4bit: bool, load_in_fp8: bool, use_lora: bool) -> None:
+    """A quantised base is frozen (LoRA trains on it), and it is NF4 or FP8, not both."""
+    if load_in_fp8 and load_in_4bit:
+        raise RlvrError("model.load_in_fp8 and model.load_in_4bit are both set; choose one (FP8: 1 byte per "
+                        "weight, NF4: half a byte)")
+    if load_in_fp8 and not use_lora:
+        raise RlvrError("model.load_in_fp8 stores a frozen base for LoRA, but use_lora is false (full "
+                        "fine-tuning trains every weight); set use_lora: true or load_in_fp8: false")
 
 
 @dataclass

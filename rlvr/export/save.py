@@ -14,7 +14,8 @@ alternatives:
 - reloading the base and the adapter from disk needs the base on disk and a second load.
 Here the only new memory is the merged tensors (and the cast copies when dtype differs). Adapters
 this arithmetic does not cover (DoRA, LoRA bias, modules_to_save, non-LoRA tuners) fall back to
-peft's merge_and_unload on a deep copy.
+peft's merge_and_unload on a deep copy. FP8 bases (`model.load_in_fp8`) are dequantised (W = Q · s
+per row, in float32) before the adapters are added, and their scales are not written.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from rlvr import status
 from rlvr.config import ModelConfig, RunConfig, config_from_dict
 from rlvr.errors import RlvrError, nearest
+from rlvr.models.fp8 import FrozenFP8Linear
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -80,11 +82,16 @@ def save_merged(model, tokenizer, path: str | Path, dtype: str = "float16") -> P
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
     """The plain model's state dict with every active LoRA adapter merged; the model is not changed.
 
-    Unchanged weights are the model's own tensors (not copies); merged ones are new float32 tensors.
+    Unchanged weights are the model's own tensors (not copies); merged ones and dequantised FP8 bases
+    are new float32 tensors.
     """
     if not is_peft_model(model):
-        return dict(model.state_dict())
+        return _dense_fp8_bases(dict(model.state_dict()), model)
     if not _plain_lora(model):
+        if any(isinstance(m, FrozenFP8Linear) for m in model.modules()):
+            raise RlvrError("export: this adapter kind (DoRA, LoRA bias, modules_to_save or another tuner) on an FP8 "
+                            "base cannot be merged in memory; use `rlvr export RUN_DIR --merged`, which reloads the "
+                            "base in full precision")
         # Rare adapter kinds: peft's own merge is the reference; a throwaway copy keeps ours intact.
         return dict(copy.deepcopy(model).merge_and_unload().state_dict())
     from peft.tuners.lora import LoraLayer, ParamWrapper
@@ -98,8 +105,25 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
             key = _BASE_LAYER.sub(".", f"{name}.") + module.parameter_name
             state[key] = _merged_weight(module, module.get_param())
         elif isinstance(module, LoraLayer):
-            state[f"{name}.weight"] = _merged_weight(module, module.get_base_layer().weight)
+            state[f"{name}.weight"] = _merged_weight(module, _base_weight(module.get_base_layer()))
+    return _dense_fp8_bases(state, base)
+
+
+def _dense_fp8_bases(state: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """`state` with each FP8 base's weight dequantised (unless a merge already replaced it) and its
+    row scales dropped: the plain Linear layers of the model's class."""
+    for name, module in model.named_modules():
+        if isinstance(module, FrozenFP8Linear):
+            key = name.removesuffix(".base_layer")
+            del state[f"{key}.weight_scale"]
+            if state[f"{key}.weight"].dtype == module.weight.dtype:
+                state[f"{key}.weight"] = module.dequantized_weight()
     return state
+
+
+def _base_weight(base) -> torch.Tensor:
+    """A LoRA layer's base weight, dequantised when the base is an FP8 one."""
+    return base.dequantized_weight() if isinstance(base, FrozenFP8Linear) else base.weight
 
 
 def _quant_method(base) -> str | None:

@@ -2,7 +2,7 @@
 
 Peak = what stays (weights, adapters, their gradients, optimizer state) + the larger of the two
 phases: the rollout (KV cache, and the decode copy when the native engine makes one: merged LoRA,
-dequantised 4-bit bases, FP8 matrices) and the update (checkpointed activations, one layer's
+dequantised 4-bit or FP8 bases, FP8 matrices) and the update (checkpointed activations, one layer's
 recompute, the chunked loss workspace).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from rlvr.models.fp8 import FP8
 from rlvr.rollout.engine import MemoryPlan
 
 GIB = 2**30
@@ -24,9 +25,9 @@ ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LAYER_PROJECTIONS = (*ATTENTION_PROJECTIONS, "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj")
 
 
-def _base_weights(model) -> list[torch.Tensor]:
-    """The base weight of every decoder-layer matrix (under a LoRA wrapper too)."""
-    return [m.base_layer.weight if hasattr(m, "base_layer") else m.weight for name, m in model.named_modules()
+def _base_layers(model) -> list[torch.nn.Module]:
+    """The base layer of every decoder-layer matrix (under a LoRA wrapper too)."""
+    return [m.base_layer if hasattr(m, "base_layer") else m for name, m in model.named_modules()
             if name.rsplit(".", 1)[-1] in LAYER_PROJECTIONS]
 
 
@@ -35,16 +36,24 @@ def _numel(weight: torch.Tensor) -> int:
     return int(torch.Size(state.shape).numel()) if state is not None else weight.numel()
 
 
+def _packed_dtype(layer: torch.nn.Module) -> torch.dtype | None:
+    """The compute dtype of a 4-bit (bitsandbytes) or FP8 (`FrozenFP8Linear`) base; None for a plain one."""
+    state = getattr(layer.weight, "quant_state", None)
+    if state is not None:
+        return state.dtype
+    return layer.compute_dtype if layer.weight.dtype == FP8 else None
+
+
 def decode_copy_bytes(model, rollout: MemoryPlan) -> int:
     """Bytes of the native engine's per-round decode copy: with rollout_dtype fp8 every layer matrix
-    at 1 byte per value; else every 4-bit base dequantised to its compute dtype, and the adapted
-    16-bit matrices of the merge scope at their own size. (The engine dequantises 4-bit bases inside
+    at 1 byte per value; else every 4-bit or FP8 base dequantised to its compute dtype, and the adapted
+    16-bit matrices of the merge scope at their own size. (The engine dequantises packed bases inside
     the step instead, with no copy, when this does not fit half the free memory: see its log line.)"""
-    weights = _base_weights(model)
-    packed = [w for w in weights if getattr(w, "quant_state", None) is not None]
+    layers = _base_layers(model)
+    packed = [(layer, dtype) for layer in layers if (dtype := _packed_dtype(layer)) is not None]
     if rollout.rollout_dtype == "fp8":
-        return sum(_numel(w) for w in weights)
-    n = 0 if rollout.rollout_dtype is None else sum(_numel(w) * w.quant_state.dtype.itemsize for w in packed)
+        return sum(_numel(layer.weight) for layer in layers)
+    n = 0 if rollout.rollout_dtype is None else sum(_numel(layer.weight) * dtype.itemsize for layer, dtype in packed)
     if rollout.rollout_merge_lora and not packed:
         only_attention = rollout.rollout_merge_lora == "attention"
         adapted = [m.base_layer.weight for name, m in model.named_modules()

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from rlvr.config import ModelConfig
+from rlvr.config import ModelConfig, check_base_quantization
 from rlvr.errors import RlvrError
 from rlvr.models.adapter_checks import check_adapter_fits, warn_if_other_base
+from rlvr.models.fp8 import describe_fp8_base, quantize_linears_fp8
 from rlvr.models.gguf_reads import shared_gguf_reads
 from rlvr.models.lora_targets import adapted_modules, lora_target_parameters, lora_targets
 from rlvr.status import announce
@@ -162,6 +163,7 @@ def load_model(
     target_parameters: list[str] | None = None,
     adapter_path: str | None = None,
     load_in_4bit: bool = False,
+    load_in_fp8: bool = False,
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
@@ -169,7 +171,9 @@ def load_model(
 ):
     """Load (model, tokenizer); the model is on `device`, LoRA-wrapped unless use_lora=False (a new
     adapter initialised from `seed` when given). A line on stderr before and after: a large model, or a
-    GGUF file to dequantise, takes minutes."""
+    GGUF file to dequantise, takes minutes. load_in_fp8: the decoder's Linear layers become frozen
+    FP8 ones (`models/fp8.py`), each quantised on `device` as it moves there."""
+    check_base_quantization(load_in_4bit, load_in_fp8, use_lora or adapter_path is not None)
     device = torch.device(device) if device is not None else default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source, gguf = resolve_source(name_or_path, gguf_file)
@@ -186,6 +190,9 @@ def load_model(
     with shared_gguf_reads():  # a GGUF is parsed once for the tokenizer, the config and the tensors
         tokenizer = load_tokenizer(source, gguf, trust_remote_code)
         model = load_causal_lm(source, gguf, **kwargs)
+    if load_in_fp8:
+        quantize_linears_fp8(model, torch_dtype, device)
+        log.info("%s", describe_fp8_base(model))
     if not load_in_4bit:
         model.to(device)
     if model.generation_config.pad_token_id is None:
@@ -246,7 +253,7 @@ def load_model_from_config(cfg: ModelConfig, device: str | torch.device | None =
         cfg.model_name_or_path, gguf_file=cfg.gguf_file, dtype=cfg.dtype, use_lora=cfg.use_lora,
         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target_modules, target_parameters=cfg.lora_target_parameters,
-        adapter_path=cfg.adapter_path, load_in_4bit=cfg.load_in_4bit,
+        adapter_path=cfg.adapter_path, load_in_4bit=cfg.load_in_4bit, load_in_fp8=cfg.load_in_fp8,
         device=device, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code,
         seed=seed,
     )

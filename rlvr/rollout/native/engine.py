@@ -21,12 +21,12 @@ import torch
 
 from rlvr.config import ROLLOUT_DTYPES, ROLLOUT_MERGE_LORA
 from rlvr.models.forward import base_causal_lm
+from rlvr.models.fp8 import fp8_supported
 from rlvr.rollout.engine import MemoryPlan, ProgressCallback, ProgressTally, Rollout, SamplingParams, halve_rows
 from rlvr.rollout.hf import HFEngine, completion_mask_from_eos, eos_token_ids, left_pad, truncate_at_stop_strings
 from rlvr.rollout.native.attention import DecodeAttention, sdpa_attention
 from rlvr.rollout.native.families import read_weights, without_long_windows
 from rlvr.rollout.native.model import EAGER, Compiled, DecodeFns, decode_one_token, prefill, rope_tables
-from rlvr.rollout.native.quant import fp8_supported
 from rlvr.rollout.native.weights import ModelW, Unsupported, decode_weights
 from rlvr.rollout.sampling import exponential_noise_, sample, seen_tokens, token_logprobs
 
@@ -120,12 +120,14 @@ class NativeEngine:
     attention: 'sdpa' (torch's fused kernel; the default) or 'triton' (the split-cache decode
     kernel of attention.py on CUDA, SDPA where it does not apply or fails).
     rollout_dtype: the decode step's matrices (`ROLLOUT_DTYPES`): 'auto' the model's dtype (a 4-bit
-    model's compute dtype), 'bfloat16'/'float16' a per-round cast copy, 'fp8' per-round e4m3 copies
-    with row scales (bf16 matmul inputs quantised per token; the head stays 16-bit), on GPUs with
-    FP8 only (elsewhere one warning and 'auto'). dequantize_4bit: for bitsandbytes 4-bit bases,
+    or FP8 base's compute dtype), 'bfloat16'/'float16' a per-round cast copy, 'fp8' per-round e4m3
+    copies with row scales (bf16 matmul inputs quantised per token; the head stays 16-bit; an FP8
+    base no adapter is merged into is used as it is), on GPUs with FP8 only (elsewhere one warning
+    and 'auto'). dequantize_4bit: for bitsandbytes 4-bit bases and FP8 bases (`model.load_in_fp8`),
     'copy' dequantises them into a per-round decode copy (LoRA merged in, FP8 if asked), 'step'
-    dequantises each matrix inside the step where it is used (no copy, adapters as extra matmuls);
-    None picks 'copy' when it takes at most half the free memory.
+    dequantises each matrix inside the step where it is used (an FP8 base under an FP8 rollout: read
+    as it is), with no copy and adapters as extra matmuls; None picks 'copy' when it takes at most
+    half the free memory.
     """
 
     def __init__(self, model, tokenizer, kv_budget_bytes: int | None = None, sync_every: int = 16,
@@ -293,8 +295,8 @@ class NativeEngine:
         if dtype is None and w.has_packed:
             dtype = next(lin.packed.dtype for layer in w.layers for lin in (layer.q, layer.o) if lin.packed)
         dtype = dtype or w.dtype
-        keep_packed, copy_bytes = False, 0
-        if w.has_packed:
+        keep_packed, copy_bytes, kind = False, 0, w.packed_kind
+        if kind is not None:
             copy_bytes = sum(lin.packed.numel() for layer in w.layers for lin in
                              (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down)
                              if lin is not None and lin.packed is not None) * (1 if fp8 else dtype.itemsize)
@@ -303,18 +305,18 @@ class NativeEngine:
         if not self._plan_logged:
             self._plan_logged = True
             what = "fp8 e4m3 matrices with row scales" if fp8 else f"{str(dtype).removeprefix('torch.')} matrices"
-            if w.has_packed:
-                what += (f"; 4-bit bases dequantised inside each step (no copy; a {copy_bytes / 2**30:.1f} GiB "
+            if kind is not None:
+                unpack = "read as they are" if fp8 and kind == "fp8" else "dequantised"
+                what += (f"; {kind} bases {unpack} inside each step (no copy; a {copy_bytes / 2**30:.1f} GiB "
                          "copy would not fit half the free memory)" if keep_packed else
-                         f"; 4-bit bases dequantised into a {copy_bytes / 2**30:.1f} GiB per-round copy")
+                         f"; {kind} bases dequantised into a {copy_bytes / 2**30:.1f} GiB per-round copy")
             log.info("native rollout: decoding with %s", what)
             if fp8 and any(layer.moe is not None for layer in w.layers):
                 log.warning("rollout_dtype fp8: the mixture-of-experts routers and experts stay %s; "
                             "only the attention matrices decode in FP8", str(dtype).removeprefix("torch."))
         self.last_stats.update(rollout_dtype="fp8" if fp8 else str(dtype).removeprefix("torch."),
-                               quant=("4bit-step" if keep_packed else "4bit-copy") if w.has_packed else None)
-        return decode_weights(w, None if keep_packed else self.merge_scope, dtype, fp8=fp8 and not keep_packed,
-                              keep_packed=keep_packed)
+                               quant=f"{kind}-{'step' if keep_packed else 'copy'}" if kind else None)
+        return decode_weights(w, None if keep_packed else self.merge_scope, dtype, fp8=fp8, keep_packed=keep_packed)
 
     def _rows_per_batch(self, w: ModelW, params: SamplingParams, longest_prompt: int, g: int, n_rows: int) -> int:
         """Rows per sub-batch under the memory budget; whole groups of G when possible (one prefill each)."""

@@ -26,9 +26,9 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from rlvr.models.fp8 import fp8_linear
 from rlvr.rollout.native.attention import sdpa_attention
 from rlvr.rollout.native.moe import moe_mlp
-from rlvr.rollout.native.quant import fp8_linear
 from rlvr.rollout.native.weights import FusedLoraW, LayerW, LinearW, ModelW
 
 log = logging.getLogger("rlvr")
@@ -36,7 +36,7 @@ log = logging.getLogger("rlvr")
 
 def linear(x: torch.Tensor, lin: LinearW) -> torch.Tensor:
     """x @ Wᵀ + b, plus each active LoRA adapter's (x @ Aᵀ @ Bᵀ) · scaling, as peft computes it.
-    W is a 16/32-bit matrix, an FP8 one with row scales (`quant.fp8_linear`), or a 4-bit base
+    W is a 16/32-bit matrix, an FP8 one with row scales (`rlvr.models.fp8.fp8_linear`), or a 4-bit base
     dequantised here, for this one matmul."""
     if lin.scale is not None:
         y = fp8_linear(x, lin.weight, lin.scale, lin.bias)

@@ -4,12 +4,14 @@
 live parameters: the decode step reads exactly the tensors the optimizer updates. A LoRA-wrapped
 Linear contributes its base weight plus (A, B, scaling) of each active adapter, applied as two
 extra small matmuls (x @ Aᵀ @ Bᵀ · scaling), so nothing is merged and there is no second copy.
-A bitsandbytes 4-bit base contributes its packed codes and block scales (`quant.Packed4bitW`).
+A bitsandbytes 4-bit base contributes its packed codes and block scales (`quant.Packed4bitW`), an FP8
+training base (`model.load_in_fp8`) its e4m3 codes and row scales (`quant.Fp8W`): both "packed".
 It is called at the start of every generate(), so adapters switched on/off or replaced are seen.
 
 `decode_weights` turns that into what one round decodes with: LoRA merged into copies (or fused),
-4-bit bases dequantised into copies (or left packed, dequantised inside the step), everything cast
-to the rollout dtype, and with FP8 every layer matrix quantised per row.
+packed bases dequantised into copies (or left packed, dequantised inside the step), everything cast
+to the rollout dtype, and with FP8 every layer matrix quantised per row (an FP8 base without a merged
+adapter used as it is).
 
 Anything this reader does not understand raises `Unsupported`, and the engine falls back to hf.
 """
@@ -20,8 +22,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from rlvr.models.fp8 import FrozenFP8Linear, quantize_fp8_rows
 from rlvr.rollout.native.moe import MoeW, grouped_mm_supported
-from rlvr.rollout.native.quant import Packed4bitW, is_packed_4bit, packed_4bit, quantize_fp8_rows
+from rlvr.rollout.native.quant import Fp8W, Packed4bitW, is_packed_4bit, packed_4bit
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")  # a LayerW's own matrices (gate/up/down None on MoE)
 
@@ -37,13 +40,13 @@ class LinearW:
     # One (A [r, in], B [out, r], B's bias or None, scaling) per active LoRA adapter.
     loras: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]] = field(default_factory=list)
     scale: torch.Tensor | None = None  # [out] fp32: FP8 weight = weight · scale per row
-    packed: Packed4bitW | None = None  # a 4-bit base, dequantised when used
+    packed: Packed4bitW | Fp8W | None = None  # a 4-bit or FP8 base, dequantised when used (FP8: or as it is)
 
     def dense_rows(self) -> int:
         return self.packed.shape[0] if self.weight is None else self.weight.shape[0]
 
     def dense(self) -> torch.Tensor:
-        """The weight as a dense matrix (dequantising a 4-bit base); not for FP8 ones."""
+        """The weight as a dense matrix (dequantising a packed base); not for FP8 decode copies."""
         return self.packed.dequantize() if self.weight is None else self.weight
 
     def bytes(self) -> int:
@@ -139,9 +142,15 @@ class ModelW:
 
     @property
     def has_packed(self) -> bool:
-        """Whether some layer matrix is a 4-bit base."""
+        """Whether some layer matrix is a 4-bit or FP8 base."""
         return any(lin is not None and lin.packed is not None
                    for layer in self.layers for lin in (getattr(layer, n) for n in PROJECTIONS))
+
+    @property
+    def packed_kind(self) -> str | None:
+        """'4bit' or 'fp8': what the packed bases are (None without any)."""
+        return next((lin.packed.kind for layer in self.layers for lin in (getattr(layer, n) for n in PROJECTIONS)
+                     if lin is not None and lin.packed is not None), None)
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of K and V cached per token over all layers."""
@@ -239,12 +248,13 @@ def _base(lin: LinearW) -> LinearW:
 def decode_weights(w: ModelW, scope: str | None, dtype: torch.dtype | None = None, fp8: bool = False,
                    keep_packed: bool = False) -> ModelW:
     """The weights one round decodes with, made layer by layer (so at most one layer's temporaries
-    exist at a time): cast to `dtype` (the norms, embedding, head and 16-bit matrices; a 4-bit base
-    then dequantises to it), 4-bit bases dequantised into copies unless `keep_packed` (then the step
+    exist at a time): cast to `dtype` (the norms, embedding, head and 16-bit matrices; a packed base
+    then dequantises to it), packed bases dequantised into copies unless `keep_packed` (then the step
     dequantises each matrix when it uses it, and adapters are never merged: merging needs the
     dense copy), LoRA merged into copies of the adapted matrices (`scope`, as `merge_lora`) or run
     fused (`fuse_lora`), and with `fp8` every layer matrix quantised per row into an FP8 copy
-    (q/k/v and gate/up stacked when no unmerged adapter reads them). The head stays in `dtype`:
+    (q/k/v and gate/up stacked when no unmerged adapter reads them), except an FP8 base that no
+    adapter is merged into: decoded as it is (with `keep_packed` too). The head stays in `dtype`:
     the sampled log-probs come from it."""
     if dtype is not None and dtype != w.dtype:
         w = _cast(w, dtype)
@@ -253,8 +263,10 @@ def decode_weights(w: ModelW, scope: str | None, dtype: torch.dtype | None = Non
     layers = []
     for layer in w.layers:
         layer = _merge_layer(layer, scope) if scope else _fuse_layer(layer)  # merging dequantises on the fly
-        if fp8:
+        if fp8 and not keep_packed:
             layer = _fp8_layer(layer)
+        elif fp8:  # 4-bit bases stay packed; FP8 bases (adapters unmerged) go to fp8_linear as they are
+            layer = replace(layer, **{n: _fp8_base(getattr(layer, n)) for n in used_projections(layer)})
         elif not keep_packed:  # only what the step reads: q/k/v stay packed references once merged into qkv
             layer = replace(layer, **{n: _unpacked(getattr(layer, n)) for n in used_projections(layer)})
         layers.append(layer)
@@ -268,15 +280,19 @@ def _unpacked(lin: LinearW) -> LinearW:
 
 def _fp8_layer(layer: LayerW) -> LayerW:
     """Every matrix of the layer as an FP8 copy with row scales; q/k/v and gate/up stacked first
-    where nothing but their own (possibly merged) weights reads them. A MoE layer's router and
-    experts stay in the rollout dtype (only its attention matrices are FP8)."""
+    where nothing but their own (possibly merged) weights reads them, unless they are FP8 bases
+    (decoded as they are, no copy). A MoE layer's router and experts stay in the rollout dtype (only
+    its attention matrices are FP8)."""
     attn, mlp = [layer.q, layer.k, layer.v], [layer.gate, layer.up]
-    if layer.qkv is None and layer.qkv_lora is None and not any(lin.loras for lin in attn):
+    if layer.qkv is None and layer.qkv_lora is None and _stackable(attn):
         layer = replace(layer, qkv=_stacked(attn))
-    if (layer.moe is None and layer.gate_up is None and layer.gate_up_lora is None
-            and not any(lin.loras for lin in mlp)):
+    if layer.moe is None and layer.gate_up is None and layer.gate_up_lora is None and _stackable(mlp):
         layer = replace(layer, gate_up=_stacked(mlp))
     return replace(layer, **{n: _fp8(getattr(layer, n)) for n in used_projections(layer)})
+
+
+def _stackable(lins: list[LinearW]) -> bool:
+    return not any(lin.loras or isinstance(lin.packed, Fp8W) for lin in lins)
 
 
 def used_projections(layer: LayerW) -> list[str]:
@@ -291,8 +307,17 @@ def used_projections(layer: LayerW) -> list[str]:
 
 
 def _fp8(lin: LinearW) -> LinearW:
+    if isinstance(lin.packed, Fp8W) and not lin.loras:
+        return _fp8_base(lin)
     weight, scale = quantize_fp8_rows(lin.dense())
     return replace(lin, weight=weight, scale=scale, packed=None)
+
+
+def _fp8_base(lin: LinearW) -> LinearW:
+    """An FP8 base as an FP8 decode matrix: the training weight's own codes and scales (no copy)."""
+    if not isinstance(lin.packed, Fp8W):
+        return lin
+    return replace(lin, weight=lin.packed.data, scale=lin.packed.scale, packed=None)
 
 
 def _cast(w: ModelW, dtype: torch.dtype) -> ModelW:
@@ -370,9 +395,12 @@ def _linear(mod: torch.nn.Module, name: str) -> LinearW:
 
 
 def _plain_linear(mod: torch.nn.Module, name: str) -> LinearW:
-    """A torch Linear with float weights, or a bitsandbytes Linear4bit (its packed 4-bit weight)."""
+    """A torch Linear with float weights, a bitsandbytes Linear4bit (its packed 4-bit weight) or an FP8
+    base (its codes and row scales)."""
     if type(mod).__name__ == "Linear4bit" and is_packed_4bit(mod.weight):
         return LinearW(None, mod.bias, packed=packed_4bit(mod.weight))
+    if isinstance(mod, FrozenFP8Linear):
+        return LinearW(None, mod.bias, packed=Fp8W(mod.weight, mod.weight_scale, mod.compute_dtype))
     if type(mod) is not torch.nn.Linear:
         raise Unsupported(f"{name}: {type(mod).__name__} is not a plain Linear")
     if not mod.weight.is_floating_point():
