@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlvr.config import REPORT_TO, _choice, _validate_update
+from rlvr.config import REPORT_TO, EvalDuringTraining, _choice, _validate_update
 from rlvr.errors import RlvrError
 from rlvr.preference.losses import (
     CPO_LOSS_TYPES,
@@ -26,7 +26,7 @@ from rlvr.preference.losses import (
 
 
 @dataclass
-class PreferenceTrainingConfig:
+class PreferenceTrainingConfig(EvalDuringTraining):
     """The training loop's settings, shared by the four preference configs (TrainingArguments' names)."""
 
     output_dir: str = "runs/preference"
