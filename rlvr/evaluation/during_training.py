@@ -16,7 +16,7 @@ from rlvr.config import RunConfig
 from rlvr.errors import RlvrError
 
 # evaluate()'s scalar results that become metrics (pass@k are added per k)
-SCALARS = ("accuracy", "format", "soft_format", "mean_reward", "mean_length", "truncated", "seconds")
+SCALARS = ("accuracy", "format", "soft_format", "mean_reward", "mean_length", "truncated", "problems", "seconds")
 
 
 def eval_metrics(result: Mapping[str, Any]) -> dict[str, float]:

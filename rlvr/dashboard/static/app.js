@@ -45,7 +45,7 @@ const PANELS = [
   "errors",
   "other",
 ];
-const NOT_CHARTED = new Set(["step", "eval/best_step", "eval/seconds"]);  // bookkeeping, not curves
+const NOT_CHARTED = new Set(["step", "eval/best_step", "eval/problems", "eval/seconds"]);  // bookkeeping, not curves
 
 const state = {
   runs: [],
