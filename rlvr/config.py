@@ -35,6 +35,7 @@ SCALE_REWARDS = ("group", "batch", "none", True, False)
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 REWARD_ERRORS = ("raise", "skip")
 ROLLOUT_DTYPES = ("auto", "bfloat16", "float16", "fp8")  # train.rollout_dtype: the native decode step's matrices
+EVAL_STRATEGIES = ("no", "steps", "epoch")  # train.eval_strategy (transformers' IntervalStrategy values)
 
 
 @dataclass
@@ -111,7 +112,24 @@ class DataConfig:
 
 
 @dataclass
-class TrainerCoreConfig:
+class EvalDuringTraining:
+    """Held-out evaluation while training, and the best checkpoint (transformers' TrainingArguments names).
+
+    Every trainer's config has these fields (the trainer core runs the evaluation: rlvr/train/periodic_eval.py);
+    what is evaluated and how (problems, samples, pass@k, max_new_tokens) is the run config's `eval` section.
+    """
+
+    eval_strategy: str = "no"  # no | steps (every eval_steps) | epoch (after each epoch); also after the last step
+    eval_steps: int | float | None = None  # optimizer steps between evaluations (a float < 1: that share of the
+    # run's steps, as in transformers); None = logging_steps
+    eval_on_start: bool = False  # evaluate the starting model too, as step 0
+    metric_for_best_model: str = "eval/accuracy"  # the metric best/ follows ('accuracy' means 'eval/accuracy')
+    greater_is_better: bool | None = None  # None: True unless the metric's name ends in 'loss' (transformers' rule)
+    load_best_model_at_end: bool = False  # at the end, load best/ back into the model, so final/ is the best
+
+
+@dataclass
+class TrainerCoreConfig(EvalDuringTraining):
     """The settings of the trainer core (rlvr/train/: optimizer, schedule, clipping, precision, run
     directory, checkpoints) that every trainer's config extends: TRL's (TrainingArguments') names,
     declared once here with TrainingArguments' defaults; each trainer's own defaults are set with
@@ -212,6 +230,18 @@ class GRPOConfig(TrainerCoreConfig):
     mask_truncated_completions: bool = False
     reward_weights: list[float] | None = None
     reward_errors: str = "raise"  # raise | skip
+    # rlvr: scale each reward's weight by 1 − (the share of the round's completions at that reward's best), so a
+    # saturated reward (a learned format) stops outweighing the ones still being learned (grpo/advantages.py)
+    reward_saturation_scaling: bool = False
+    # Dynamic sampling (DAPO; verl's names): draw generation batches until the round holds prompts_per_round
+    # groups whose filter_groups_metric differs within the group (at most max_num_gen_batches draws; groups
+    # without variance fill the rest), so every trained group teaches something (grpo/dynamic_sampling.py)
+    filter_groups: bool = False
+    filter_groups_metric: str = "reward"  # reward (the weighted total) or a reward function's name, e.g. correctness
+    max_num_gen_batches: int = 4  # generation batches a round may draw, the first included
+    # Guards: one warning line each from the logged metrics (rlvr/train/guards.py); 0 turns one off
+    guard_length_collapse: float = 0.5  # mean completion length (rollouts or held-out) ends below this × its start
+    guard_format_only: float = 0.1  # held-out format saturates while accuracy gains less than this × format's gain
     vllm_importance_sampling_correction: bool = True  # TIS, when the rollout engine reports log-probs
     vllm_importance_sampling_mode: str = "token_truncate"
     vllm_importance_sampling_cap: float = 2.0
@@ -274,6 +304,14 @@ class GRPOConfig(TrainerCoreConfig):
                             f"got {self.router_aux_loss_coef}")
         if self.delta is not None and self.delta <= 1:
             raise RlvrError(f"train.delta must be > 1 (it caps the unclipped ratio), got {self.delta}")
+        if self.max_num_gen_batches < 1:
+            raise RlvrError(f"train.max_num_gen_batches must be >= 1 (the first generation batch counts), "
+                            f"got {self.max_num_gen_batches}")
+        if not 0 <= self.guard_length_collapse < 1:
+            raise RlvrError(f"train.guard_length_collapse must be in [0, 1) (a share of the starting length; 0 = off), "
+                            f"got {self.guard_length_collapse}")
+        if self.guard_format_only < 0:
+            raise RlvrError(f"train.guard_format_only must be >= 0 (0 = off), got {self.guard_format_only}")
 
     @property
     def world_size(self) -> int:
@@ -316,6 +354,20 @@ def _validate_update(args) -> None:
     for name in ("max_nonfinite_steps", "save_steps", "logging_steps", "ddp_timeout"):
         if getattr(args, name) < 1:
             raise RlvrError(f"train.{name} must be > 0, got {getattr(args, name)}")
+    _validate_eval_schedule(args)
+
+
+def _validate_eval_schedule(args: EvalDuringTraining) -> None:
+    _choice("train.eval_strategy", args.eval_strategy, EVAL_STRATEGIES)
+    steps = args.eval_steps
+    if steps is not None and (steps <= 0 or (steps >= 1 and float(steps) != int(steps))):
+        raise RlvrError(f"train.eval_steps must be a whole number of steps >= 1, or a share of the run in (0, 1), "
+                        f"got {steps}")
+    if args.load_best_model_at_end and args.eval_strategy == "no":
+        raise RlvrError("train.load_best_model_at_end needs evaluations to choose from; set eval_strategy: steps "
+                        "(with eval_steps) or epoch")
+    if not args.metric_for_best_model or not args.metric_for_best_model.strip("/"):
+        raise RlvrError("train.metric_for_best_model is empty; name an evaluation metric, e.g. eval/accuracy")
 
 
 def _check_max_steps(max_steps: int) -> None:

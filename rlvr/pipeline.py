@@ -14,6 +14,7 @@ import yaml
 
 from rlvr.config import RunConfig, to_dict
 from rlvr.data.build import BUILTIN_TASKS, DEFAULT_BUILTIN_TRAIN, build_datasets, system_prompt_of
+from rlvr.evaluation.during_training import training_evaluator
 from rlvr.evaluation.run import run_eval
 
 log = logging.getLogger("rlvr")
@@ -31,28 +32,32 @@ def write_config(cfg: RunConfig, run_dir: str | Path) -> None:
 
 
 def run_sft(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progress: bool | None = None,
-            resume: str | None = None, force: bool = False) -> dict:
+            resume: str | None = None, force: bool = False, eval_examples=None) -> dict:
+    """SFT on `train` (default: the run config's training examples); with train.eval_strategy, evaluated on
+    `eval_examples` (default: its held-out problems) during training. So are the stages below."""
     from rlvr.sft import SFTTrainer
 
-    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume, force)
-    trainer = SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress)
+    model, tokenizer, train, evals = _training_inputs(cfg, model, tokenizer, train, resume, force, eval_examples)
+    trainer = SFTTrainer(model, tokenizer, train, cfg.train, show_progress=show_progress,
+                         evaluator=training_evaluator(cfg, tokenizer, evals))
     write_config(cfg, cfg.train.output_dir)  # after the trainer's own checks
     return trainer.train(resume, force)
 
 
 def run_grpo(cfg: RunConfig, model=None, tokenizer=None, train=None, resume: str | None = None,
-             show_progress: bool | None = None, force: bool = False) -> dict:
+             show_progress: bool | None = None, force: bool = False, eval_examples=None) -> dict:
     from rlvr.grpo.trainer import GRPOTrainer
 
-    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume, force)
+    model, tokenizer, train, evals = _training_inputs(cfg, model, tokenizer, train, resume, force, eval_examples)
     trainer = GRPOTrainer(model, tokenizer, cfg.rewards, train, cfg.train, reasoning_tag=cfg.data.reasoning_tag,
-                          answer_tag=cfg.data.answer_tag, show_progress=show_progress)
+                          answer_tag=cfg.data.answer_tag, show_progress=show_progress,
+                          evaluator=training_evaluator(cfg, tokenizer, evals))
     write_config(cfg, cfg.train.output_dir)  # after the trainer's checks (e.g. prompts that cannot fit)
     return trainer.train(resume_from_checkpoint=resume, force=force)
 
 
 def run_preference(cfg: RunConfig, model=None, tokenizer=None, train=None, show_progress: bool | None = None,
-                   resume: str | None = None, force: bool = False) -> dict:
+                   resume: str | None = None, force: bool = False, eval_examples=None) -> dict:
     """DPO, CPO/SimPO, ORPO or KTO, by the type of cfg.train (rlvr/preference/config.py)."""
     from rlvr.data.preferences import build_preference_dataset
     from rlvr.preference.config import KTOConfig
@@ -61,18 +66,19 @@ def run_preference(cfg: RunConfig, model=None, tokenizer=None, train=None, show_
     unpaired = isinstance(cfg.train, KTOConfig)
     if train is None:
         train = build_preference_dataset(cfg, unpaired)
-    model, tokenizer, train = _training_inputs(cfg, model, tokenizer, train, resume, force)
+    model, tokenizer, train, evals = _training_inputs(cfg, model, tokenizer, train, resume, force, eval_examples)
     trainer = (KTOTrainer if unpaired else PreferenceTrainer)(model, tokenizer, train, cfg.train,
-                                                               show_progress=show_progress)
+                                                               show_progress=show_progress,
+                                                               evaluator=training_evaluator(cfg, tokenizer, evals))
     write_config(cfg, cfg.train.output_dir)  # after the trainer's own checks
     return trainer.train(resume, force)
 
 
-def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None, force: bool):
+def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None, force: bool, evals=None):
     """Everything that can be checked without the model first — the run directory (and the checkpoint
     to resume), the model and adapter paths, the data, the rewards — so a bad column or a reward typo fails
     in a second, not after the model has loaded; then the model (its new LoRA seeded by train.seed), the
-    optimizer that will really run."""
+    optimizer that will really run. Returns (model, tokenizer, train, held-out examples or None)."""
     from rlvr.train.session import check_run_start
 
     t = cfg.train
@@ -80,7 +86,8 @@ def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None
     if model is None:
         check_model_paths(cfg)
     if train is None:
-        train, _ = build_datasets(cfg)
+        train, built = build_datasets(cfg)
+        evals = built if evals is None else evals
     if hasattr(t, "reward_weights"):  # GRPO; SFT has no rewards
         check_rewards(cfg)
     if model is None:
@@ -88,7 +95,7 @@ def _training_inputs(cfg: RunConfig, model, tokenizer, train, resume: str | None
 
         model, tokenizer = load_model_from_config(cfg.model, seed=t.seed)
     resolve_optimizer(cfg, model)
-    return model, tokenizer, train
+    return model, tokenizer, train, evals
 
 
 def check_model_paths(cfg: RunConfig) -> None:

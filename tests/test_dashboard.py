@@ -40,21 +40,34 @@ def dataset(n=16):
     return [{"prompt": [{"role": "user", "content": f"q{i}"}], "answer": str(i)} for i in range(n)]
 
 
-def grpo(run_dir: Path, rewards=(count_a, length), **kw) -> GRPOTrainer:
+def grpo(run_dir: Path, rewards=(count_a, length), evaluator=None, **kw) -> GRPOTrainer:
     tok = make_tokenizer()
     model = make_model("llama", vocab_size=len(tok))
     model.generation_config.eos_token_id = tok.eos_token_id
     cfg = GRPOConfig(**{**dict(output_dir=str(run_dir), per_device_train_batch_size=8, num_generations=G,
                                max_completion_length=8, max_steps=3, learning_rate=1e-3, save_steps=100,
                                completions_log_steps=1, warmup_ratio=0.0), **kw})
-    return GRPOTrainer(model, tok, list(rewards), dataset(), cfg, show_progress=False)
+    return GRPOTrainer(model, tok, list(rewards), dataset(), cfg, show_progress=False, evaluator=evaluator)
+
+
+class HeldOut:
+    """Held-out metrics after steps 2 and 3 (eval_steps 2 and the last step), known in advance."""
+
+    values = {2: {"eval/accuracy": 0.25, "eval/format": 0.5, "eval/pass@4": 0.5, "eval/mean_length": 7.0},
+              3: {"eval/accuracy": 0.5, "eval/format": 0.75, "eval/pass@4": 0.75, "eval/mean_length": 6.0}}
+
+    def metric_names(self):
+        return list(self.values[2])
+
+    def __call__(self, model, step):
+        return self.values[step]
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    """A run directory made by a real 3-step GRPO training on the CPU."""
+    """A run directory made by a real 3-step GRPO training on the CPU, evaluated after steps 2 and 3."""
     run_dir = tmp_path_factory.mktemp("dash") / "grpo"
-    grpo(run_dir).train()
+    grpo(run_dir, evaluator=HeldOut(), eval_strategy="steps", eval_steps=2).train()
     return run_dir
 
 
@@ -316,6 +329,13 @@ def test_the_page_in_headless_chromium(trained_run, tmp_path):
                 for t, logged in zip(traces, (metrics, others)):
                     assert t["x"] == [m["step"] for m in logged], chart_id
                     assert t["y"] == pytest.approx([m[key] for m in logged]), chart_id
+            # Held-out evaluations: their lines join the steps that have them (2 and 3), not every step.
+            held_out = _chart_values(page, "chart-eval_accuracy")
+            assert [t["name"] for t in held_out] == ["grpo · accuracy", "grpo · format", "grpo · pass@4",
+                                                     "other · accuracy", "other · format", "other · pass@4"]
+            for t, key in zip(held_out, ("eval/accuracy", "eval/format", "eval/pass@4")):
+                assert t["x"] == [2, 3] and t["y"] == pytest.approx([HeldOut.values[s][key] for s in (2, 3)])
+            assert _chart_values(page, "chart-eval_length")[0]["y"] == pytest.approx([7.0, 6.0])
             lengths = _chart_values(page, "chart-completion_length")
             assert [t["name"] for t in lengths][:3] == ["grpo · mean", "grpo · min", "grpo · max"]
             assert lengths[2]["y"] == pytest.approx([m["completions/max_length"] for m in metrics])

@@ -94,25 +94,38 @@ def test_every_variant_trains_with_finite_metrics(tmp_path, variant):
     assert torch.isfinite(torch.tensor(result["grad_norm"]))
 
 
-def captured_grads(tmp_path, micro, ga):
+def odd_prompts_only(prompts, completions, answer, **kw):
+    """Varied within groups of odd-numbered prompts, constant (0) for even ones: dynamic sampling drops those."""
+    return [float(sum(map(ord, c[0]["content"])) % 97) if int(a) % 2 else 0.0 for c, a in zip(completions, answer)]
+
+
+def captured_grads(tmp_path, micro, ga, rewards=(char_score,), **kw):
     tok = make_tokenizer()
     model = lora_model(tok)
     cfg = args(tmp_path, per_device_train_batch_size=micro, gradient_accumulation_steps=ga, loss_type="dapo",
-               steps_per_generation=8 // micro)
-    trainer = GRPOTrainer(model, tok, [char_score], dataset(), cfg, show_progress=False)
+               steps_per_generation=8 // micro, **kw)
+    trainer = GRPOTrainer(model, tok, list(rewards), dataset(), cfg, show_progress=False)
     grads = []
     trainer.update.optimizer.step = lambda: grads.append(
         [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad])
-    trainer.batch, _, _ = trainer.make_round(0)
+    trainer.batch, metrics, _ = trainer.make_round(0)
     # The same 8 completions in the same order, split 4 × 2 or 1 × 8.
     order = torch.arange(8)
     trainer.train_step([order[s:s + micro] for s in range(0, 8, micro)])
-    return grads[0]
+    return grads[0], metrics
 
 
-def test_gradient_accumulation_4x2_equals_1x8_through_the_model(tmp_path):
-    whole = captured_grads(tmp_path / "a", 8, 1)
-    split = captured_grads(tmp_path / "b", 2, 4)
+@pytest.mark.parametrize("setting", [
+    dict(),
+    # dynamic sampling: the round is drawn from two generation batches, only odd prompts' groups kept
+    dict(rewards=[odd_prompts_only], filter_groups=True, max_num_gen_batches=8),
+    dict(rewards=[char_score, odd_prompts_only], reward_saturation_scaling=True),
+])
+def test_gradient_accumulation_4x2_equals_1x8_through_the_model(tmp_path, setting):
+    whole, metrics = captured_grads(tmp_path / "a", 8, 1, **setting)
+    split, _ = captured_grads(tmp_path / "b", 2, 4, **setting)
+    if "filter_groups" in setting:
+        assert metrics["filter_groups/generation_batches"] > 1 and metrics["frac_reward_zero_std"] == 0
     assert sum(g.abs().sum() for g in whole) > 0
     for a, b in zip(whole, split):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

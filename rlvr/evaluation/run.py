@@ -22,7 +22,6 @@ def eval_rewards(cfg: RunConfig) -> tuple[list, list[float] | None]:
 def run_eval(cfg: RunConfig, model=None, tokenizer=None, examples=None, desc: str = "eval") -> dict:
     from rlvr.evaluation.evaluate import evaluate
     from rlvr.models import load_model_from_config
-    from rlvr.rollout import make_engine
 
     if examples is None:
         _, examples = build_datasets(cfg)
@@ -31,7 +30,21 @@ def run_eval(cfg: RunConfig, model=None, tokenizer=None, examples=None, desc: st
     funcs, weights = eval_rewards(cfg)
     if model is None:
         model, tokenizer = load_model_from_config(cfg.model)
-    engine = make_engine(cfg.eval.rollout_backend, model, tokenizer, batch_size=cfg.eval.batch_size)
-    return evaluate(model, tokenizer, examples, cfg.eval, reward_funcs=funcs, engine=engine,
-                    reasoning_tag=cfg.data.reasoning_tag, answer_tag=cfg.data.answer_tag, desc=desc,
-                    reward_weights=weights)
+    return evaluate(model, tokenizer, examples, cfg.eval, engine=eval_engine(cfg, model, tokenizer),
+                    desc=desc, **eval_scoring(cfg, funcs, weights))
+
+
+def eval_engine(cfg: RunConfig, model, tokenizer):
+    """The rollout engine evaluations of this run config decode with (eval.rollout_backend, eval.batch_size)."""
+    from rlvr.rollout import make_engine
+
+    return make_engine(cfg.eval.rollout_backend, model, tokenizer, batch_size=cfg.eval.batch_size)
+
+
+def eval_scoring(cfg: RunConfig, funcs=None, weights=None) -> dict:
+    """evaluate()'s scoring arguments: the run's reward functions and tags, weighed as training weighs them
+    (`eval_rewards`; pass its result when already checked)."""
+    if funcs is None:
+        funcs, weights = eval_rewards(cfg)
+    return {"reward_funcs": funcs, "reasoning_tag": cfg.data.reasoning_tag, "answer_tag": cfg.data.answer_tag,
+            "reward_weights": weights}

@@ -16,11 +16,18 @@ import torch
 
 from rlvr.config import GRPOConfig
 from rlvr.data.templates import fit_prompts
-from rlvr.distributed.collectives import gather_rows, reduce_metrics
+from rlvr.distributed.collectives import gather_objects, gather_rows, reduce_metric_values, reduce_metrics
 from rlvr.distributed.parallel import gathered_for_decoding
 from rlvr.distributed.sharding import completion_slots, rank_micro_batches, rank_seed, rollout_request
-from rlvr.errors import RlvrError
-from rlvr.grpo.advantages import group_advantages, normalize_scale_rewards, reward_stats
+from rlvr.errors import RlvrError, nearest
+from rlvr.grpo.advantages import (
+    group_advantages,
+    normalize_scale_rewards,
+    reward_stats,
+    saturation_scales,
+    zero_std_groups,
+)
+from rlvr.grpo.dynamic_sampling import group_rows, select_groups
 from rlvr.grpo.memory import estimate_memory, format_estimate
 from rlvr.grpo.objective import (
     StepShape,
@@ -31,15 +38,16 @@ from rlvr.grpo.objective import (
     router_aux_share,
     tis_weights,
 )
-from rlvr.grpo.round import RoundBatch, gather_round
+from rlvr.grpo.round import DrawnRows, RoundBatch, gather_round
 from rlvr.models.forward import PolicyForward, base_causal_lm, policy_forward
 from rlvr.models.moe import router_aux_loss_coef
 from rlvr.rewards.inputs import RewardLog, new_trainer_state, reward_inputs
 from rlvr.rewards.registry import resolve_rewards
-from rlvr.rewards.scoring import score_completions
+from rlvr.rewards.scoring import combine_rewards, per_function_metrics, score_completions, unique_reward_names
 from rlvr.rollout import SamplingParams, make_engine
 from rlvr.rollout.engine import ProgressCallback
 from rlvr.train.core import TrainerCore
+from rlvr.train.guards import MetricGuards
 from rlvr.train.run_dir import run_details
 from rlvr.train.session import RunSession
 from rlvr.train.update import StepCounts, free_accelerator_memory, peak_memory_gib
@@ -64,7 +72,7 @@ class GRPOTrainer(TrainerCore):
 
     def __init__(self, model, tokenizer, reward_funcs, train_dataset, args: GRPOConfig | None = None,
                  engine=None, reasoning_tag: str = "reasoning", answer_tag: str = "answer",
-                 show_progress: bool | None = None):
+                 show_progress: bool | None = None, evaluator=None):
         a = args or GRPOConfig()
         a.validate()
         self.args, self.model, self.tokenizer = a, model, tokenizer
@@ -73,6 +81,13 @@ class GRPOTrainer(TrainerCore):
         if a.reward_weights is not None and len(a.reward_weights) != len(self.reward_funcs):
             raise RlvrError(f"train.reward_weights has {len(a.reward_weights)} values for "
                             f"{len(self.reward_funcs)} reward functions; give one weight per function")
+        self.reward_names = unique_reward_names(self.reward_funcs)
+        self.reward_weight_tensor = torch.tensor(a.reward_weights or [1.0] * len(self.reward_funcs),
+                                                 dtype=torch.float64)
+        if a.filter_groups and a.filter_groups_metric not in ("reward", *self.reward_names):
+            raise RlvrError(f"train.filter_groups_metric: {a.filter_groups_metric!r} is neither 'reward' nor a reward "
+                            f"function's name{nearest(a.filter_groups_metric, self.reward_names)}; use one of "
+                            f"reward, {', '.join(self.reward_names)}")
         self.examples = _as_records(train_dataset)
         if not self.examples:
             raise RlvrError("the training dataset is empty; check data.dataset and data.split")
@@ -110,13 +125,17 @@ class GRPOTrainer(TrainerCore):
         if a.beta > 0 and not self.is_peft:
             raise RlvrError("train.beta > 0 needs a reference policy: use LoRA (the adapter-disabled model is "
                             "the reference) or set beta: 0")
-        super().__init__(model, a, self.total_steps, show_progress)
+        super().__init__(model, a, self.total_steps, show_progress, evaluator=evaluator,
+                         guards=MetricGuards(a.guard_length_collapse, a.guard_format_only),
+                         steps_per_epoch=self.rounds_per_epoch * self.steps_per_round)
         if self.parallelism == "fsdp" and a.micro_batch_token_budget is not None:
             # Pieces differ between ranks, and every FSDP2 forward is a collective all ranks must join.
             raise RlvrError("train.micro_batch_token_budget with full fine-tuning on several processes (FSDP2) "
                             "is not supported; set it to null or use LoRA")
-        # Where the loop is: the round, the optimizer steps of it done, and its tensors once made.
-        self.round_index, self.step_in_round = 0, 0
+        # Where the loop is: the round, the optimizer steps of it done, and its tensors once made; the
+        # generation batches drawn (one per round, more with filter_groups), which pick prompts and seeds.
+        self.round_index, self.step_in_round, self.draw_index = 0, 0, 0
+        self.warned_filled = False
         self.batch: RoundBatch | None = None
         self.round_metrics: dict = {}
 
@@ -142,19 +161,93 @@ class GRPOTrainer(TrainerCore):
         """Rollout, rewards, advantages (and ℓ^old / ℓ^ref when needed) for one round; `progress` hears
         how far the rollout is.
 
-        Under torchrun each rank generates and scores its block of the round's completion slots
-        (rlvr/distributed/sharding.py), computes their ℓ^old / ℓ^ref, and the blocks are gathered:
-        every rank then holds the whole round and computes the same advantages over whole groups.
+        A round is one generation batch (draw_groups), or with filter_groups as many as it takes to hold
+        prompts_per_round groups with reward variance (at most max_num_gen_batches; dynamic_sampling.py).
+        Every rank holds the whole round and computes the same advantages over whole groups; ℓ^old / ℓ^ref
+        are computed by each rank for its share of the rows, then gathered.
+        """
+        a, G = self.args, self.args.num_generations
+        rows, draws, metrics = self.draw_round(round_index, progress)
+        batch = rows.batch
+        self.add_logps_no_grad(batch)
+        total = rows.total
+        if a.reward_saturation_scaling:
+            scales = saturation_scales(rows.per_function)
+            total = combine_rewards(rows.per_function.double(), self.reward_weight_tensor * scales.double()).float()
+            metrics.update({f"rewards/{n}/scale": scales[k].item() for k, n in enumerate(self.reward_names)})
+        batch.advantages = group_advantages(total, G, self.scale_rewards).to(self.device)
+        metrics.update(self.round_metrics_of(rows, draws))
+        samples = [{"prompt": r["prompt"], "group": i // G, "length": int(rows.lengths[i]),
+                    "completion": r["completion"], "reward": _f(rows.total[i]),
+                    "rewards": {n: _f(rows.per_function[i, k]) for k, n in enumerate(self.reward_names)},
+                    "advantage": _f(batch.advantages[i]), **({"extra": r["extra"]} if "extra" in r else {})}
+                   for i, r in enumerate(rows.records[:2 * G])]
+        return batch, metrics, samples
+
+    def draw_round(self, round_index: int, progress: ProgressCallback | None = None
+                   ) -> tuple[DrawnRows, list[DrawnRows], dict]:
+        """(the round's rows, the generation batches drawn, filter_groups metrics): one batch, or with
+        filter_groups the first prompts_per_round groups with variance in as many batches as that takes."""
+        a, G = self.args, self.args.num_generations
+        draws = [self.draw_groups(progress)]
+        if not a.filter_groups:
+            return draws[0], draws, {}
+        rows = draws[0]
+        while True:
+            informative = ~zero_std_groups(self.filter_values(rows), G)
+            if int(informative.sum()) >= self.prompts_per_round or len(draws) >= a.max_num_gen_batches:
+                break
+            draws.append(self.draw_groups(progress))
+            rows = DrawnRows.cat(draws)
+        kept = select_groups(informative.tolist(), self.prompts_per_round)
+        filled = sum(1 for g in kept if not informative[g])
+        if filled and not self.warned_filled:
+            self.warned_filled = True
+            log.warning("round %d: only %d of %d groups had reward variance after %d generation batches; groups "
+                        "without it fill the round (raise train.max_num_gen_batches to draw more)", round_index,
+                        len(kept) - filled, len(kept), len(draws))
+        metrics = {"filter_groups/generation_batches": len(draws),
+                   "filter_groups/frac_informative": informative.float().mean().item(),
+                   "filter_groups/filled_groups": filled}
+        return rows.select(group_rows(kept, G)), draws, metrics
+
+    def filter_values(self, rows: DrawnRows) -> torch.Tensor:
+        """What filter_groups asks to vary within a group: the weighted reward or one function's."""
+        metric = self.args.filter_groups_metric
+        return rows.total if metric == "reward" else rows.per_function[:, self.reward_names.index(metric)]
+
+    def round_metrics_of(self, rows: DrawnRows, draws: list[DrawnRows]) -> dict:
+        """TRL's round metrics over the rows trained on; times, token rate and errors over everything drawn."""
+        drawn = reduce_metric_values([d.metrics for d in draws],
+                                     {k: "sum" for k in draws[0].metrics if "/errors" in k or k.startswith("time/")}
+                                     | {"completion_tokens": "sum"})
+        tokens = drawn.pop("completion_tokens")
+        return {**drawn, **per_function_metrics(rows.per_function, self.reward_names), **reward_stats(rows.total,
+                self.args.num_generations),
+                "completions/mean_length": rows.lengths.mean().item(),
+                "completions/min_length": rows.lengths.min().item(),
+                "completions/max_length": rows.lengths.max().item(),
+                "completions/clipped_ratio": (~rows.is_eos).float().mean().item(),
+                "tokens_per_second": tokens / max(drawn["time/rollout"], 1e-9),
+                "prompts/truncated": sum(1 for i in rows.example_index[::self.args.num_generations]
+                                         if self.prompt_cut_tokens[i])}
+
+    def draw_groups(self, progress: ProgressCallback | None = None) -> DrawnRows:
+        """One generation batch: the next prompts_per_round prompts × G completions, sampled and scored.
+
+        Under torchrun each rank generates and scores its block of the batch's completion slots
+        (rlvr/distributed/sharding.py) and the blocks are gathered: every rank then holds all of it.
         """
         a, G, ctx = self.args, self.args.num_generations, self.dist
-        idx = self.round_indices(round_index)
+        draw = self.draw_index
+        idx = self.round_indices(draw)
         slots = completion_slots(len(idx) * G, ctx.world_size, ctx.rank)
         positions, per_prompt = rollout_request(slots, G)
         mine = [idx[p] for p in positions]
         t0 = time.perf_counter()
         with gathered_for_decoding(self.model):  # FSDP2: whole layers for the rollout; else nothing
             rollout = self.generate([self.prompt_ids[i] for i in mine], per_prompt,
-                                    seed=rank_seed(a.seed * 1_000_003 + round_index, ctx.rank), progress=progress)
+                                    seed=rank_seed(a.seed * 1_000_003 + draw, ctx.rank), progress=progress)
         t1 = time.perf_counter()
         texts = self.tokenizer.batch_decode(rollout.completion_ids * rollout.completion_mask
                                             + self.tokenizer.pad_token_id * (1 - rollout.completion_mask),
@@ -162,48 +255,35 @@ class GRPOTrainer(TrainerCore):
         rows = [self.examples[i] for i in mine for _ in range(per_prompt)]
         prompts, completions, columns = reward_inputs(rows, texts)
         ids = [r[m.bool()].tolist() for r, m in zip(rollout.completion_ids, rollout.completion_mask)]
-        self.state.global_step, self.state.epoch = self.global_step, round_index / self.rounds_per_epoch
+        self.state.global_step, self.state.epoch = self.global_step, draw / self.rounds_per_epoch
         reward_log = RewardLog()
         columns.update(trainer_state=self.state, **reward_log.hooks())
         scores = score_completions(self.reward_funcs, prompts, completions, ids, columns, a.reward_weights,
                                    a.reward_errors, self.global_step + 1)
         t2 = time.perf_counter()
+        self.draw_index += 1
 
         loss_mask = rollout.completion_mask.clone()
         if a.mask_truncated_completions:
             loss_mask *= rollout.is_eos.unsqueeze(1).long()
         batch = RoundBatch(rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, loss_mask,
-                           torch.zeros(len(rows), device=self.device),  # advantages: after the gather
+                           torch.zeros(len(rows), device=self.device),  # advantages: once the round is whole
                            rollout_logps=rollout.logprobs if a.vllm_importance_sampling_correction else None)
-        if self.needs_old or batch.rollout_logps is not None:
-            batch.old_logps = self._logps_no_grad(batch, adapters=True)
-        if a.beta > 0:
-            batch.ref_logps = self._logps_no_grad(batch, adapters=False)
-        batch = gather_round(batch, ctx)
-        total = gather_rows(scores.total, ctx)
-        batch.advantages = group_advantages(total, G, self.scale_rewards).to(self.device)
-
-        lengths = gather_rows(rollout.completion_mask.sum(1).float(), ctx)
-        is_eos = gather_rows(rollout.is_eos, ctx)
-        local = {**reward_log.metrics(), **scores.metrics, "time/rollout": t1 - t0, "time/score": t2 - t1}
-        local = reduce_metrics(local, ctx, {k: "sum" for k in local if "/errors" in k}
-                               | {"time/rollout": "max", "time/score": "max"})
-        metrics = {**local, **reward_stats(total, G),
-                   "completions/mean_length": lengths.mean().item(),
-                   "completions/min_length": lengths.min().item(),
-                   "completions/max_length": lengths.max().item(),
-                   "completions/clipped_ratio": (~is_eos).float().mean().item(),
-                   "tokens_per_second": lengths.sum().item() / max(local["time/rollout"], 1e-9),
-                   "prompts/truncated": sum(1 for i in idx if self.prompt_cut_tokens[i])}
-        samples = [{"prompt": prompts[i] if isinstance(prompts[i], str) else prompts[i][-1]["content"],
-                    "group": (slots.start + i) // G, "length": int(rollout.completion_mask[i].sum()),
-                    "completion": texts[i], "reward": _f(scores.total[i]),
-                    "rewards": {n: _f(scores.per_function[i, k]) for k, n in enumerate(scores.names)},
-                    "advantage": _f(batch.advantages[slots.start + i])} for i in range(min(len(texts), 2 * G))]
-        for i, sample in enumerate(samples):  # columns reward functions added with log_extra
+        records = [{"prompt": p if isinstance(p, str) else p[-1]["content"], "completion": t} for p, t in
+                   zip(prompts, texts)]
+        for i, record in enumerate(records):  # columns reward functions added with log_extra
             if extra := reward_log.extra_of(i):
-                sample["extra"] = extra
-        return batch, metrics, samples
+                record["extra"] = extra
+        errors = {k: v for k, v in scores.metrics.items() if "/errors" in k}
+        local = {**reward_log.metrics(), **errors, "time/rollout": t1 - t0, "time/score": t2 - t1,
+                 "completion_tokens": rollout.completion_mask.sum().item()}
+        metrics = reduce_metrics(local, ctx, {k: "sum" for k in errors}
+                                 | {"completion_tokens": "sum", "time/rollout": "max", "time/score": "max"})
+        lengths = rollout.completion_mask.sum(1).float()
+        return DrawnRows(gather_round(batch, ctx), gather_rows(scores.total, ctx),
+                         gather_rows(scores.per_function, ctx), gather_rows(lengths, ctx),
+                         gather_rows(rollout.is_eos, ctx), [idx[s // G] for s in range(len(idx) * G)],
+                         [r for part in gather_objects(records, ctx) for r in part], metrics)
 
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int,
                  progress: ProgressCallback | None = None):
@@ -227,12 +307,27 @@ class GRPOTrainer(TrainerCore):
                     f"(peak {peak_memory_gib(self.device):.1f} GiB); lower max_completion_length or "
                     "num_generations, or set rollout_merge_lora: false") from None
 
+    def add_logps_no_grad(self, batch: RoundBatch) -> None:
+        """ℓ^old (when the policy can move before use, or for TIS) and ℓ^ref (beta > 0) of the round's rows:
+        each rank computes its share (the slots it would generate), then the shares are gathered."""
+        a, ctx = self.args, self.dist
+        share = completion_slots(batch.completion_ids.shape[0], ctx.world_size, ctx.rank)
+        rows = torch.arange(share.start, share.stop, device=self.device)
+        if self.needs_old or batch.rollout_logps is not None:
+            batch.old_logps = self._gathered(self._logps_no_grad(batch, rows, adapters=True), batch)
+        if a.beta > 0:
+            batch.ref_logps = self._gathered(self._logps_no_grad(batch, rows, adapters=False), batch)
+
+    def _gathered(self, share: torch.Tensor, batch: RoundBatch) -> torch.Tensor:
+        return gather_rows(share, self.dist)[:, :batch.completion_ids.shape[1]]
+
     @torch.no_grad()
-    def _logps_no_grad(self, batch: RoundBatch, adapters: bool) -> torch.Tensor:
-        out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.device)
+    def _logps_no_grad(self, batch: RoundBatch, rows: torch.Tensor, adapters: bool) -> torch.Tensor:
+        """[len(rows), C] log-probs of those rows' completion tokens, adapters on (ℓ^old) or off (ℓ^ref)."""
+        out = torch.zeros((rows.numel(), batch.completion_ids.shape[1]), dtype=torch.float32, device=self.device)
         bs = self.args.per_device_train_batch_size
-        for s in range(0, out.shape[0], bs):
-            idx = torch.arange(s, min(s + bs, out.shape[0]), device=self.device)
+        for s in range(0, rows.numel(), bs):
+            idx = rows[s:s + bs]
             for piece in self.token_budget_pieces(batch, idx):
                 mb = batch.rows(piece)
                 if adapters:
@@ -240,7 +335,7 @@ class GRPOTrainer(TrainerCore):
                 else:
                     with self.model.disable_adapter():
                         lp = self._policy_forward(mb, with_entropy=False).logps
-                out[piece, :lp.shape[1]] = lp
+                out[piece - rows[0], :lp.shape[1]] = lp
         return out
 
     def _policy_forward(self, mb: RoundBatch, with_entropy: bool, with_aux_loss: bool = False) -> PolicyForward:
@@ -402,12 +497,15 @@ class GRPOTrainer(TrainerCore):
         """Where the loop is; a checkpoint inside a round carries the round's tensors, so resuming
         replays exactly what the uninterrupted run would have."""
         if self.step_in_round == self.steps_per_round or self.batch is None:
-            return {"round_index": self.round_index + (self.batch is not None), "step_in_round": 0}, {}
-        return ({"round_index": self.round_index, "step_in_round": self.step_in_round},
+            return {"round_index": self.round_index + (self.batch is not None), "step_in_round": 0,
+                    "draw_index": self.draw_index}, {}
+        return ({"round_index": self.round_index, "step_in_round": self.step_in_round, "draw_index": self.draw_index},
                 {"round.pt": {"batch": self.batch.to_state(), "metrics": self.round_metrics}})
 
     def restore_checkpoint(self, state: dict, path) -> None:
         self.round_index, self.step_in_round = state["round_index"], state["step_in_round"]
+        # Checkpoints from before dynamic sampling drew one generation batch per round.
+        self.draw_index = state.get("draw_index", self.round_index + (1 if self.step_in_round else 0))
         if self.step_in_round:
             saved = torch.load(path / "round.pt", weights_only=False)
             self.batch = RoundBatch.from_state(saved["batch"], self.device)

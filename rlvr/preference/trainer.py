@@ -56,7 +56,7 @@ def disable_dropout(model: torch.nn.Module) -> None:
 class _PreferenceCore(TrainerCore):
     """What the pair and KTO trainers share: the step schedule, the reference pass and its checkpoint."""
 
-    def __init__(self, model, tokenizer, items: list, args, show_progress: bool | None):
+    def __init__(self, model, tokenizer, items: list, args, show_progress: bool | None, evaluator=None):
         self.method = _method_of(args)
         self.kind, self.label = self.method, self.method.upper()
         self.tokenizer, self.items = tokenizer, items
@@ -66,7 +66,8 @@ class _PreferenceCore(TrainerCore):
             1, math.floor(args.num_train_epochs * len(items) / self.step_size))
         if args.disable_dropout:
             disable_dropout(model)
-        super().__init__(model, args, total, show_progress)
+        super().__init__(model, args, total, show_progress, evaluator=evaluator,
+                         steps_per_epoch=max(1, len(items) // self.step_size))
         self.reference: torch.Tensor | None = None  # Σ log π_ref per reference row (see reference_rows)
 
     # ------------------------------------------------------------------ the schedule
@@ -137,13 +138,13 @@ class PreferenceTrainer(_PreferenceCore):
     (rlvr.data.preferences.prepare_preference_pairs gives them from TRL's formats)."""
 
     def __init__(self, model, tokenizer, train_dataset: Sequence[dict], args=None,
-                 show_progress: bool | None = None):
+                 show_progress: bool | None = None, evaluator=None):
         args = args if args is not None else DPOConfig()
         args.validate()
         if isinstance(args, KTOConfig):
             raise RlvrError("a KTOConfig trains on unpaired examples: use KTOTrainer")
         pairs: list[EncodedPair] = encode_pairs(tokenizer, list(train_dataset), args.max_length)
-        super().__init__(model, tokenizer, pairs, args, show_progress)
+        super().__init__(model, tokenizer, pairs, args, show_progress, evaluator)
         self.objective = PAIR_OBJECTIVES[self.method]
 
     def reference_rows(self) -> list:
@@ -183,14 +184,14 @@ class KTOTrainer(_PreferenceCore):
     """
 
     def __init__(self, model, tokenizer, train_dataset: Sequence[dict], args: KTOConfig | None = None,
-                 show_progress: bool | None = None):
+                 show_progress: bool | None = None, evaluator=None):
         args = args if args is not None else KTOConfig()
         args.validate()
         if not isinstance(args, KTOConfig):
             raise RlvrError(f"KTOTrainer needs a KTOConfig, got {type(args).__name__}")
         kl_group = args.per_device_train_batch_size if kto_uses_kl(args.loss_type) else None
         examples: list[EncodedExample] = encode_unpaired(tokenizer, list(train_dataset), args.max_length, kl_group)
-        super().__init__(model, tokenizer, examples, args, show_progress)
+        super().__init__(model, tokenizer, examples, args, show_progress, evaluator)
         self.step_kl: torch.Tensor | float = 0.0
 
     def reference_rows(self) -> list:

@@ -75,7 +75,7 @@ def score_completions(
     if not reward_funcs:
         raise RlvrError("no reward functions to score with: name at least one in rewards, e.g. [gsm8k]")
     batch = _Batch(prompts, completions, completion_ids, columns)
-    names = _unique_names(reward_funcs)
+    names = unique_reward_names(reward_funcs)
     w = _weights(weights, names)
 
     outcomes = _settle([_call(fn, batch.kwargs()) for fn in reward_funcs])
@@ -105,8 +105,9 @@ def reward_name(fn: Any) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
-def _unique_names(funcs: Sequence[Any]) -> list[str]:
-    # Two functions with one name would overwrite each other's metrics: the second becomes name_2.
+def unique_reward_names(funcs: Sequence[Any]) -> list[str]:
+    """The names reward functions are logged under, in order: two functions with one name would overwrite
+    each other's metrics, so the second becomes name_2."""
     names: list[str] = []
     for fn in funcs:
         base = name = reward_name(fn)
@@ -120,7 +121,7 @@ def _unique_names(funcs: Sequence[Any]) -> list[str]:
 
 def check_reward_weights(weights: Sequence[float] | None, funcs: Sequence[Any]) -> None:
     """Refuse weights that do not fit the reward functions now, not after a model load and a rollout."""
-    _weights(weights, _unique_names(funcs))
+    _weights(weights, unique_reward_names(funcs))
 
 
 def _weights(weights: Sequence[float] | None, names: list[str]) -> torch.Tensor:
@@ -166,6 +167,19 @@ def nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     sq = torch.where(valid, (x - mean) ** 2, torch.zeros_like(x))
     total = sq.sum(dim=dim) if dim is not None else sq.sum()
     return torch.where(n > 1, (total / (n - 1).clamp(min=1)).sqrt(), torch.full_like(total, math.nan))
+
+
+def per_function_metrics(per_function: torch.Tensor, names: Sequence[str]) -> dict[str, float]:
+    """rewards/<name>/mean and rewards/<name>/std over the rows of an [N, K] reward table (NaN ignored).
+
+    >>> per_function_metrics(torch.tensor([[1.0, 0.0], [3.0, float("nan")]]), ["a", "b"])
+    {'rewards/a/mean': 2.0, 'rewards/a/std': 1.4142135623730951, 'rewards/b/mean': 0.0, 'rewards/b/std': nan}
+    """
+    out: dict[str, float] = {}
+    for k, name in enumerate(names):
+        values = per_function[:, k].double()
+        out.update({f"rewards/{name}/mean": torch.nanmean(values).item(), f"rewards/{name}/std": nanstd(values).item()})
+    return out
 
 
 def _function_metrics(name: str, values: torch.Tensor, errors: int) -> dict[str, float]:

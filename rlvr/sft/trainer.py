@@ -26,7 +26,7 @@ class SFTTrainer(TrainerCore):
     metric_ops = {"tokens": "max"}  # already the whole step's count on every rank
 
     def __init__(self, model, tokenizer, train_dataset, args: SFTConfig | None = None,
-                 show_progress: bool | None = None):
+                 show_progress: bool | None = None, evaluator=None):
         args = args or SFTConfig()
         args.validate()
         self.tokenizer = tokenizer
@@ -45,7 +45,7 @@ class SFTTrainer(TrainerCore):
         # A step takes gradient_accumulation_steps micro-batches on each of the job's ranks.
         steps_per_epoch = max(1, micro_per_epoch // (args.gradient_accumulation_steps * env_world_size()))
         total = args.max_steps if args.max_steps > 0 else max(1, math.floor(args.num_train_epochs * steps_per_epoch))
-        super().__init__(model, args, total, show_progress)
+        super().__init__(model, args, total, show_progress, evaluator=evaluator, steps_per_epoch=steps_per_epoch)
 
     def batches(self, skip: int = 0):
         """Micro-batches forever, reshuffled (seeded) each epoch, the first `skip` left out (a resume)."""

@@ -27,6 +27,8 @@ from rlvr.distributed.parallel import is_sharded
 from rlvr.errors import RlvrError
 
 LATEST = "latest"
+BEST = "best"  # the run directory's folder for the model with the best evaluation so far
+BEST_RECORD = "best_metric.json"  # inside it: metric, value, step
 
 
 def rng_state() -> dict:
@@ -60,6 +62,43 @@ def save_trainable(model, folder: Path, dist: DistContext | None = None) -> None
         model.save_pretrained(folder)
     else:
         model.save_pretrained(folder, safe_serialization=True)
+
+
+def save_best(model, run_dir: Path, record: dict, dist: DistContext | None = None) -> Path:
+    """best/ (the adapter, or the full weights, with best_metric.json), replaced atomically enough that a crash
+    leaves the old best/ or the new one: written under a temporary name, then swapped in by two renames."""
+    ctx = dist or DistContext()
+    final, tmp, old = run_dir / BEST, run_dir / f".tmp-{BEST}", run_dir / f".old-{BEST}"
+    if ctx.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    save_trainable(model, tmp, ctx)  # every rank takes part when the weights are sharded
+    if ctx.is_main:
+        (tmp / BEST_RECORD).write_text(json.dumps(record, indent=1))
+        _fsync_tree(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier(ctx)
+    return final
+
+
+def load_trainable(model, folder: Path) -> None:
+    """Put the weights save_trainable wrote in `folder` back into `model` (an adapter, or full weights)."""
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from rlvr.models.adapter_checks import check_adapter_fits
+
+        check_adapter_fits(model, folder)  # e.g. a changed lora_rank: one line, not a size-mismatch traceback
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(folder)
+        model.load_state_dict(loaded.state_dict())
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -141,19 +180,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, dist: DistContext |
     elif is_sharded(model):
         raise RlvrError(f"--resume: {path} holds whole weights written by one process; FSDP2 resumes from a "
                         "checkpoint written under torchrun (checkpoint/dcp); resume this one on one process")
-    elif hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        from rlvr.models.adapter_checks import check_adapter_fits
-
-        check_adapter_fits(model, model_dir)  # e.g. a changed lora_rank: one line, not a size-mismatch traceback
-        set_peft_model_state_dict(model, load_file(str(model_dir / "adapter_model.safetensors")))
     else:
-        from transformers import AutoModelForCausalLM
-
-        loaded = AutoModelForCausalLM.from_pretrained(model_dir)
-        model.load_state_dict(loaded.state_dict())
+        load_trainable(model, model_dir)
     state = torch.load(path / "training_state.pt", weights_only=False)
     if state["optimizer"] is not None:  # None: it is in the DCP files
         optimizer.load_state_dict(state["optimizer"])

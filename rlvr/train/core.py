@@ -8,7 +8,9 @@ its batches and the loss of one micro-batch.
 
 A subclass implements `count(mb) -> (sequences, loss tokens)`, `forward_backward(mb, counts, sums) ->
 float` (its share of the step loss, already backpropagated), optionally `halve(mb)` (the out-of-memory
-retry) and `checkpoint_state` / `restore_checkpoint` (what its checkpoints add).
+retry) and `checkpoint_state` / `restore_checkpoint` (what its checkpoints add). Held-out evaluation
+during training (`evaluator`, on the schedule of train.eval_strategy) and the metric guards are the
+session's, so every trainer gets them alike.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from rlvr.distributed.context import check_model_device, init_distributed
 from rlvr.distributed.parallel import parallelize
 from rlvr.models.checkpointing import discard_offloaded_activations, enable_checkpointing
 from rlvr.models.precision import resolve_precision
+from rlvr.train.guards import MetricGuards
+from rlvr.train.periodic_eval import Evaluator
 from rlvr.train.run_dir import run_details
 from rlvr.train.session import RunSession
 from rlvr.train.update import OptimizerUpdate, StepCounts, step_counts
@@ -42,8 +46,13 @@ class TrainerCore:
     label = "train"  # the progress bar's
     metric_ops: dict[str, str] = {}  # how a step's metric sums combine over ranks when not by "sum"
 
-    def __init__(self, model: torch.nn.Module, args, total_steps: int, show_progress: bool | None = None):
+    def __init__(self, model: torch.nn.Module, args, total_steps: int, show_progress: bool | None = None,
+                 evaluator: Evaluator | None = None, guards: MetricGuards | None = None,
+                 steps_per_epoch: int | None = None):
         self.model, self.args, self.total_steps, self.show_progress = model, args, total_steps, show_progress
+        # evaluator: held-out evaluation after the steps train.eval_strategy names (the session runs it);
+        # steps_per_epoch: what eval_strategy "epoch" counts; guards: warnings from the logged metrics.
+        self.evaluator, self.guards, self.steps_per_epoch = evaluator, guards, steps_per_epoch
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(self.device, args.bf16)
         # Under torchrun: join the job, and make the model data-parallel before the optimizer sees its
@@ -91,7 +100,8 @@ class TrainerCore:
     def open_session(self, resume: str | None = None, force: bool = False) -> RunSession:
         prepare_model(self.model, self.args)
         session = RunSession(self, self.kind, self.args, self.model, self.update, self.total_steps, self.label,
-                             self.show_progress, details=self.run_details(), dist=self.dist).open(resume, force)
+                             self.show_progress, details=self.run_details(), dist=self.dist, evaluator=self.evaluator,
+                             guards=self.guards, steps_per_epoch=self.steps_per_epoch).open(resume, force)
         self.global_step = session.step
         self.session = session
         return session

@@ -164,6 +164,12 @@ class RunStatus:
                        **(details or {})}
         write_json_atomic(self.path, self.record)
 
+    def note(self, **fields) -> None:
+        """Record fields in run.json now, for a dashboard or a script: the guards' `warnings`
+        (rlvr/train/guards.py), the `best` evaluation so far (metric, value, step)."""
+        self.record.update(fields)
+        write_json_atomic(self.path, self.record)
+
     def end(self, status: str, step: int | None = None, error: str | None = None) -> None:
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}")

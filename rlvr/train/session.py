@@ -23,16 +23,27 @@ import torch
 
 from rlvr.distributed.collectives import any_rank, barrier, gather_objects
 from rlvr.distributed.context import DistContext, env_world_size
+from rlvr.distributed.parallel import gathered_for_decoding, is_sharded
 from rlvr.errors import RlvrError
-from rlvr.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, save_trainable
+from rlvr.train.checkpoint import (
+    BEST,
+    load_checkpoint,
+    load_trainable,
+    resolve_checkpoint,
+    save_best,
+    save_checkpoint,
+    save_trainable,
+)
+from rlvr.train.guards import MetricGuards
 from rlvr.train.optim import effective_optim
+from rlvr.train.periodic_eval import BestModel, Evaluator, eval_due, eval_interval
 from rlvr.train.run_dir import JsonlWriter, Progress, RunStatus, model_name, prepare_run_dir
 from rlvr.train.trackers import open_tracker
 
 log = logging.getLogger("rlvr")
 
 # What a run leaves in its directory; config.yaml alone (written before training starts) is not a run.
-RUN_PRODUCTS = ("run.json", "metrics.jsonl", "samples.jsonl", "checkpoints", "final", "memory_estimate.json",
+RUN_PRODUCTS = ("run.json", "metrics.jsonl", "samples.jsonl", "checkpoints", "final", BEST, "memory_estimate.json",
                 "tensorboard")
 
 # Settings that change what is logged, saved or how it is computed, never the numbers a step produces:
@@ -42,7 +53,8 @@ NON_MATH_SETTINGS = frozenset({
     "log_completions", "completions_log_steps", "overwrite_output_dir", "max_steps", "num_train_epochs",
     "gradient_checkpointing", "micro_batch_token_budget", "logprob_chunk_elements", "rollout_backend",
     "rollout_merge_lora", "max_nonfinite_steps", "reward_errors", "attn_implementation", "trust_remote_code",
-    "ddp_timeout",
+    "ddp_timeout", "eval_strategy", "eval_steps", "eval_on_start", "metric_for_best_model", "greater_is_better",
+    "load_best_model_at_end", "guard_length_collapse", "guard_format_only",
 })
 
 
@@ -148,9 +160,14 @@ class RunSession:
 
     def __init__(self, trainer: Checkpointed, kind: str, args, model, update, total_steps: int,
                  label: str, show_progress: bool | None = None, writes: bool = True, details: dict | None = None,
-                 dist: DistContext | None = None):
+                 dist: DistContext | None = None, evaluator: Evaluator | None = None,
+                 guards: MetricGuards | None = None, steps_per_epoch: int | None = None):
         self.trainer, self.kind, self.args, self.model, self.update = trainer, kind, args, model, update
         self.dist = dist or DistContext()
+        # Held-out evaluation after the steps the schedule names (periodic_eval.py), best/ when it improves.
+        self.evaluator, self.guards, self.steps_per_epoch = evaluator, guards, steps_per_epoch
+        self.best = BestModel.from_args(args)
+        self.eval_every = eval_interval(args.eval_steps, args.logging_steps, total_steps)
         self.total_steps, self.label, self.show_progress = total_steps, label, show_progress
         self.writes = writes and self.dist.is_main  # rank 0 alone writes into the run directory
         self.details = details  # what rlvr chose for the user (run_details), recorded in run.json
@@ -169,6 +186,7 @@ class RunSession:
         Returns the step to continue from (0 for a new run) in `self.step`."""
         a = self.args
         checkpoint = check_run_start(a, resume, force)
+        self._check_evaluation()
         barrier(self.dist)  # every rank has checked the run directory before rank 0 writes into it
         if self.writes:
             prepare_run_dir(self.run_dir)
@@ -183,18 +201,51 @@ class RunSession:
             self.status = RunStatus(self.run_dir, self.kind, config, model_name(self.model), self.total_steps,
                                     resumed_from_step=self.step or None,
                                     details={**(self.details or {}), "world_size": self.dist.world_size,
-                                             "devices": devices})
+                                             "devices": devices, **self._evaluation_record()})
             self.metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl")
             self.samples_log = JsonlWriter(self.run_dir / "samples.jsonl")
             self._closers = [self.metrics_log.close, self.samples_log.close, self.tracker.close]
         self.progress = Progress(self.total_steps, self.label, self.show_progress if self.writes else False,
                                  initial=self.step)
         self._catch_stop_signals()
+        if self.evaluator is not None and a.eval_on_start and self.step == 0:
+            try:  # the starting model, as step 0
+                self._write_row(0, self.evaluate(0))
+            except BaseException as e:
+                self.__exit__(type(e), e, e.__traceback__)
+                raise
         return self
+
+    def _evaluation_record(self) -> dict:
+        """run.json's best evaluation and guard warnings so far (a resumed run's too)."""
+        out = {"best": self.best.state_dict()} if self.best.step is not None else {}
+        if self.guards is not None and self.guards.warnings():
+            out["warnings"] = self.guards.warnings()
+        return out
+
+    def _check_evaluation(self) -> None:
+        """What periodic evaluation needs, refused before anything trains."""
+        a = self.args
+        if (a.eval_strategy != "no" or a.eval_on_start) and self.evaluator is None:
+            raise RlvrError("train.eval_strategy / eval_on_start: this trainer was given nothing to evaluate; "
+                            "run it through rlvr.pipeline (which builds the held-out evaluator from the run config) "
+                            "or pass evaluator=")
+        if self.evaluator is None:
+            return
+        names = self.evaluator.metric_names()
+        if a.eval_strategy != "no" and self.best.metric not in names:
+            raise RlvrError(f"train.metric_for_best_model: {self.best.metric!r} is not an evaluation metric; "
+                            f"choose one of {', '.join(names)}")
+        if a.load_best_model_at_end and is_sharded(self.model):
+            raise RlvrError("train.load_best_model_at_end with full fine-tuning on several processes (FSDP2) is not "
+                            "supported; set it to false (best/ is still saved) or use LoRA")
 
     def _resume(self, path: Path) -> int:
         state = load_checkpoint(path, self.model, self.update.optimizer, self.update.scheduler, self.dist)
         self.update.load_state_dict(state.get("update", state))
+        self.best.load_state_dict(state.get("best", {}))
+        if self.guards is not None:
+            self.guards.load_state_dict(state.get("guards", {}))
         self.trainer.restore_checkpoint(state.get("trainer", {}), path)
         log.info("resumed from %s at step %d", path, state["global_step"])
         return state["global_step"]
@@ -230,19 +281,47 @@ class RunSession:
         # A signal seen by one rank stops every rank after this same step (the flag the loop reads
         # changes only here, on every rank alike).
         self.stop_requested = any_rank(self.stop_requested or self._stop_signal, self.dist)
+        evaluated = self.evaluator is not None and eval_due(step, self.total_steps, self.args.eval_strategy,
+                                                             self.eval_every, self.steps_per_epoch)
+        if evaluated:
+            metrics = {**metrics, **self.evaluate(step)}
         self.last = {"step": step, **metrics}
-        if self.writes and (step % self.args.logging_steps == 0 or step == self.total_steps):
-            self.metrics_log.write(self.last)
-            self.tracker.log(self.last, step)
+        if evaluated or step % self.args.logging_steps == 0 or step == self.total_steps:
+            self._write_row(step, metrics)
         self.progress.update(1, info)
         if self.stop_requested or step % self.args.save_steps == 0 or step == self.total_steps:
             self.save()
+
+    def _write_row(self, step: int, metrics: dict) -> None:
+        """One metrics.jsonl line (an evaluation's eval/... in its step's line); the guards read it too."""
+        row = {"step": step, **metrics}
+        if self.writes and self.guards is not None and self.guards.observe(step, row):
+            self.status.note(warnings=self.guards.warnings())
+        if self.writes:
+            self.metrics_log.write(row)
+            self.tracker.log(row, step)
+
+    def evaluate(self, step: int) -> dict:
+        """The evaluator's metrics for the model as it is after `step`; best/ saved when the metric improves."""
+        with gathered_for_decoding(self.model):  # FSDP2: whole layers for the rollout; else nothing
+            metrics = self.evaluator(self.model, step)
+        if self.best.update(step, metrics):
+            save_best(self.model, self.run_dir, self.best.state_dict(), self.dist)
+            if self.writes:
+                self.status.note(best=self.best.state_dict())
+            log.info("step %d: %s %.4g is the best so far; saved %s/", step, self.best.metric, self.best.value, BEST)
+        if self.best.value is not None:
+            metrics = {**metrics, "eval/best_step": self.best.step}
+        return metrics
 
     def save(self) -> Path | None:
         """checkpoints/step-N, atomically: weights, optimizer, schedule, RNG, the update's and the trainer's state."""
         trainer_state, files = self.trainer.checkpoint_state()
         state = {"global_step": self.step, "update": self.update.state_dict(), "trainer": trainer_state,
-                 "config": dataclasses.asdict(self.args), "world_size": self.dist.world_size}
+                 "config": dataclasses.asdict(self.args), "world_size": self.dist.world_size,
+                 "best": self.best.state_dict()}
+        if self.guards is not None:
+            state["guards"] = self.guards.state_dict()
         if not self.writes and not self.dist.is_distributed:
             return None
         # Every rank of a job takes part (FSDP2 shards are written by their ranks); rank 0 writes the rest.
@@ -254,6 +333,7 @@ class RunSession:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc is None and (self.writes or self.dist.is_distributed):
+                self._load_best_at_end()
                 save_trainable(self.model, self.run_dir / "final", self.dist)
         except BaseException as e:
             exc = e
@@ -269,8 +349,20 @@ class RunSession:
                 else:
                     self.status.end_on_exception(exc, self.step)
 
+    def _load_best_at_end(self) -> None:
+        """load_best_model_at_end: a finished run's model becomes best/'s (so final/ is the best)."""
+        if not self.args.load_best_model_at_end or self.stop_requested or self.best.step is None:
+            return
+        if self.best.step != self.step:
+            load_trainable(self.model, self.run_dir / BEST)
+        log.info("loaded the best model (step %d, %s %.4g) for final/", self.best.step, self.best.metric,
+                 self.best.value)
+
     def result(self) -> dict:
-        return {**self.last, "step": self.step, "interrupted": self.stop_requested, "run_dir": str(self.run_dir)}
+        out = {**self.last, "step": self.step, "interrupted": self.stop_requested, "run_dir": str(self.run_dir)}
+        if self.best.step is not None:
+            out.update(best_step=self.best.step, best_metric=self.best.value)
+        return out
 
     # ------------------------------------------------------------------ signals
 

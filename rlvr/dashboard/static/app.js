@@ -10,10 +10,15 @@ const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"
   "#4b5563", "#ca8a04"];
 const DASH_GLYPH = { solid: "—", dot: "···", dash: "- -" };
 
-// Panels in the order they appear; [key, label, dash]. "fns", "errors" and "other" expand from the keys seen.
+// Panels in the order they appear; [key, label, dash]. "fns", "eval", "errors" and "other" expand from the keys
+// seen. A `sparse` panel's metrics are logged only at some steps (held-out evaluations): its lines join those.
 const PANELS = [
   { id: "reward", title: "Reward (total)", series: [["reward"]] },
   "fns",
+  "eval",
+  { id: "eval_length", title: "Held-out mean completion length", series: [["eval/mean_length"]], sparse: true,
+    nonneg: true },
+  { id: "eval_reward", title: "Held-out mean reward", series: [["eval/mean_reward"]], sparse: true },
   { id: "reward_std", title: "Reward std within groups", series: [["reward_std"]], nonneg: true },
   { id: "frac_reward_zero_std", title: "Groups with zero reward std", series: [["frac_reward_zero_std"]], yfmt: ".0%",
     nonneg: true },
@@ -40,6 +45,7 @@ const PANELS = [
   "errors",
   "other",
 ];
+const NOT_CHARTED = new Set(["step", "eval/best_step", "eval/problems", "eval/seconds"]);  // bookkeeping, not curves
 
 const state = {
   runs: [],
@@ -128,10 +134,18 @@ async function pollMetrics(run) {
 
 function panelDefs() {
   const keys = [...state.keys].sort();
-  const used = new Set(["step"]);
+  const used = new Set(NOT_CHARTED);
   const defs = [];
   for (const p of PANELS) {
-    if (p === "fns") {
+    if (p === "eval") {
+      // Held-out accuracy, format and pass@k (k > 1) in one chart: evaluation during training (train.eval_strategy).
+      const passes = keys.filter((k) => /^eval\/pass@\d+$/.test(k) && k !== "eval/pass@1");
+      const series = [["eval/accuracy", "accuracy"], ["eval/format", "format", "dot"],
+        ...passes.map((k) => [k, k.slice(5), "dash"])];
+      if (keys.includes("eval/pass@1")) used.add("eval/pass@1");  // greedy or not, it is the accuracy's curve
+      defs.push({ id: "eval_accuracy", title: "Held-out accuracy (eval)", series, sparse: true, yfmt: ".0%",
+        nonneg: true });
+    } else if (p === "fns") {
       for (const k of keys) {
         const m = k.match(/^rewards\/(.+)\/mean$/);
         if (m) defs.push({ id: `reward-fn-${slug(m[1])}`, title: `Reward · ${m[1]}`, series: [[k]] });
@@ -187,12 +201,13 @@ function traces(def) {
   const visible = state.runs.filter((r) => r.visible);
   for (const run of visible) {
     for (const [key, label, dash] of def.series) {
-      const ys = run.rows.map((r) => (isNum(r[key]) ? r[key] : null));
+      const rows = def.sparse ? run.rows.filter((r) => isNum(r[key])) : run.rows;
+      const ys = rows.map((r) => (isNum(r[key]) ? r[key] : null));
       if (!ys.some(isNum)) continue;
       const name = def.series.length === 1 ? run.name : state.runs.length > 1 ? `${run.name} · ${label}` : label;
       out.push({
-        x: run.rows.map((r) => r.step), y: smooth(ys, state.smoothing), name, type: "scatter",
-        mode: run.rows.length <= 40 ? "lines+markers" : "lines", marker: { size: 4 },
+        x: rows.map((r) => r.step), y: def.sparse ? ys : smooth(ys, state.smoothing), name, type: "scatter",
+        mode: rows.length <= 40 || def.sparse ? "lines+markers" : "lines", marker: { size: 4 },
         line: { color: run.color, width: 1.6, dash: dash || "solid" }, connectgaps: false,
         meta: { run: run.name, key }, hovertemplate: "%{y:.4g}",
       });
@@ -267,6 +282,8 @@ function detailCard(run) {
     ["process", meta.pid ? `pid ${meta.pid} on ${meta.host}${info.alive === false ? " (gone)" : ""}` : ""],
     ["versions", Object.entries(v).filter(([, x]) => x).map(([k, x]) => `${k} ${x}`).join(" · ")],
     ["metrics", info.metrics_age_s != null ? `last written ${ago(info.metrics_age_s)}` : "none yet"],
+    ["best", meta.best && meta.best.step != null ? `${meta.best.metric} ${fmt(meta.best.value)} at step ${meta.best.step} (best/)` : ""],
+    ["warnings", (meta.warnings || []).join("\n")],
   ].filter(([, x]) => x);
   const dl = el("dl", {}, ...rows.flatMap(([k, x]) => [el("dt", { text: k }), el("dd", { text: String(x) })]));
   const files = el("div", { class: "files" }, ...(info.files || []).map((f) =>
