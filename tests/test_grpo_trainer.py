@@ -206,9 +206,9 @@ def step_with_masked_rows(tmp_path, monkeypatch, skip: bool, **kw):
     grads, forwarded = [], []
     trainer.update.optimizer.step = lambda: grads.append(
         [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad])
-    policy_logps = trainer._policy_logps
-    trainer._policy_logps = lambda mb, with_entropy: (forwarded.append(mb.completion_ids.shape[0]),
-                                                      policy_logps(mb, with_entropy))[1]
+    policy_forward = trainer._policy_forward
+    trainer._policy_forward = lambda mb, *args, **kwargs: (forwarded.append(mb.completion_ids.shape[0]),
+                                                           policy_forward(mb, *args, **kwargs))[1]
     trainer.batch, _, _ = trainer.make_round(0)
     trainer.batch.completion_mask[[1, 2, 5]] = 0
     metrics = trainer.train_step([torch.arange(0, 4), torch.arange(4, 8)])
