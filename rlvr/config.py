@@ -112,24 +112,7 @@ class DataConfig:
 
 
 @dataclass
-class EvalDuringTraining:
-    """Held-out evaluation while training, and the best checkpoint (transformers' TrainingArguments names).
-
-    Every trainer's config has these fields (the trainer core runs the evaluation: rlvr/train/periodic_eval.py);
-    what is evaluated and how (problems, samples, pass@k, max_new_tokens) is the run config's `eval` section.
-    """
-
-    eval_strategy: str = "no"  # no | steps (every eval_steps) | epoch (after each epoch); also after the last step
-    eval_steps: int | float | None = None  # optimizer steps between evaluations (a float < 1: that share of the
-    # run's steps, as in transformers); None = logging_steps
-    eval_on_start: bool = False  # evaluate the starting model too, as step 0
-    metric_for_best_model: str = "eval/accuracy"  # the metric best/ follows ('accuracy' means 'eval/accuracy')
-    greater_is_better: bool | None = None  # None: True unless the metric's name ends in 'loss' (transformers' rule)
-    load_best_model_at_end: bool = False  # at the end, load best/ back into the model, so final/ is the best
-
-
-@dataclass
-class TrainerCoreConfig(EvalDuringTraining):
+class TrainerCoreConfig:
     """The settings of the trainer core (rlvr/train/: optimizer, schedule, clipping, precision, run
     directory, checkpoints) that every trainer's config extends: TRL's (TrainingArguments') names,
     declared once here with TrainingArguments' defaults; each trainer's own defaults are set with
@@ -162,6 +145,16 @@ class TrainerCoreConfig(EvalDuringTraining):
     overwrite_output_dir: bool = False  # start over in an output_dir that holds a run (else refused)
     report_to: str = "none"  # none | tensorboard | wandb | trackio, besides metrics.jsonl
     ddp_timeout: int = 1800  # seconds a rank waits for the others in a collective before the job stops
+    # Held-out evaluation while training and the best checkpoint (TrainingArguments' names; the trainer core
+    # runs it: rlvr/train/periodic_eval.py); what is evaluated and how is the run config's `eval` section.
+    eval_strategy: str = "no"  # no | steps (every eval_steps) | epoch (after each epoch); also after the last step
+    eval_steps: int | float | None = None  # optimizer steps between evaluations (a float < 1: that share of the
+    # run's steps, as in transformers); None = logging_steps
+    eval_on_start: bool = False  # evaluate the starting model too, as step 0
+    # rlvr: transformers' default is None (the loss); 'accuracy' means 'eval/accuracy'
+    metric_for_best_model: str = "eval/accuracy"  # the metric best/ follows
+    greater_is_better: bool | None = None  # None: True unless the metric's name ends in 'loss' (transformers' rule)
+    load_best_model_at_end: bool = False  # at the end, load best/ back into the model, so final/ is the best
 
     def validate(self) -> None:
         _choice("train.report_to", self.report_to, REPORT_TO)
@@ -357,7 +350,7 @@ def _validate_update(args) -> None:
     _validate_eval_schedule(args)
 
 
-def _validate_eval_schedule(args: EvalDuringTraining) -> None:
+def _validate_eval_schedule(args: TrainerCoreConfig) -> None:
     _choice("train.eval_strategy", args.eval_strategy, EVAL_STRATEGIES)
     steps = args.eval_steps
     if steps is not None and (steps <= 0 or (steps >= 1 and float(steps) != int(steps))):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,15 +28,15 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
     tok = make_tokenizer()
     trainer = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(), args(tmp_path, max_steps=4),
                           show_progress=False)
-    original = trainer._policy_logps
+    original = trainer._policy_forward
     calls = {"n": 0}
 
-    def poisoned(mb, with_entropy):
-        logps, ent = original(mb, with_entropy)
+    def poisoned(mb, *args, **kwargs):
+        out = original(mb, *args, **kwargs)
         calls["n"] += 1
-        return (logps * float("nan"), ent) if calls["n"] <= 2 else (logps, ent)  # first two steps NaN
+        return replace(out, logps=out.logps * float("nan")) if calls["n"] <= 2 else out  # first two steps NaN
 
-    trainer._policy_logps = poisoned
+    trainer._policy_forward = poisoned
     before = trainable(trainer.model)
     trainer.train()
     rows = [__import__("json").loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
@@ -46,8 +47,8 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
 
     always = GRPOTrainer(lora_model(tok), tok, [char_score], dataset(),
                          args(tmp_path / "b", max_steps=10, max_nonfinite_steps=3), show_progress=False)
-    always._policy_logps = lambda mb, with_entropy: tuple(
-        None if x is None else x * float("nan") for x in original(mb, with_entropy))
+    always._policy_forward = lambda mb, *args, **kwargs: replace(
+        out := original(mb, *args, **kwargs), logps=out.logps * float("nan"))
     with pytest.raises(RlvrError, match="3 optimizer steps in a row"):
         always.train()
 

@@ -158,7 +158,7 @@ def _default(f):
 
 # Where rlvr's defaults differ from TRL's, on purpose (each marked "rlvr:" in rlvr/preference/config.py).
 RLVR_FIELDS = {"warmup_ratio", "max_nonfinite_steps", "logprob_chunk_elements", "overwrite_output_dir"}
-RLVR_DEFAULTS = {"output_dir", "optim", "gradient_checkpointing", "bf16"}
+RLVR_DEFAULTS = {"output_dir", "optim", "gradient_checkpointing", "bf16", "metric_for_best_model"}
 
 
 @pytest.mark.parametrize("ours,module,name", [(DPOConfig, "trl", "DPOConfig"), (KTOConfig, "trl", "KTOConfig"),

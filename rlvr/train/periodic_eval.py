@@ -4,7 +4,7 @@ The trainer core calls an `Evaluator` (rlvr/evaluation/during_training.py is the
 it: the run config's `eval` section on its held-out problems, through the rollout engine) after the
 optimizer steps this schedule names, merges what it returns (`eval/...` metrics) into that step's
 metrics row, and keeps `best/` when `metric_for_best_model` improves. Settings are transformers'
-TrainingArguments names (rlvr/config.py EvalDuringTraining); the differences from transformers: the last
+TrainingArguments names (rlvr/config.py TrainerCoreConfig); the differences from transformers: the last
 step is always evaluated (so a run ends with a measured model), and `eval_on_start` counts as step 0
 for the best model (a run that only makes the model worse keeps its start as best/).
 """
