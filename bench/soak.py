@@ -24,6 +24,7 @@ from report import emit
 
 CHILD = """
 import random, sys
+from dataclasses import replace
 sys.path.insert(0, {tests!r})
 from conftest import make_model, make_tokenizer
 from rlvr.config import GRPOConfig
@@ -54,11 +55,11 @@ cfg = GRPOConfig(output_dir={run!r}, per_device_train_batch_size=8, num_generati
                  max_completion_length=8, save_steps=5, reward_errors="skip", learning_rate=1e-3,
                  max_grad_norm=1.0, warmup_ratio=0.0)
 trainer = GRPOTrainer(model, tok, [flaky], data, cfg, show_progress=False)
-original = trainer._policy_logps
-def poison(mb, with_entropy):
-    logps, ent = original(mb, with_entropy)
-    return (logps * float("nan"), ent) if trainer.global_step + 1 == {poison_step} else (logps, ent)
-trainer._policy_logps = poison
+original = trainer._policy_forward
+def poison(mb, *args, **kw):
+    out = original(mb, *args, **kw)
+    return replace(out, logps=out.logps * float("nan")) if trainer.global_step + 1 == {poison_step} else out
+trainer._policy_forward = poison
 trainer.train({resume!r} or None)
 """
 
