@@ -180,8 +180,10 @@ def test_one_grpo_step_trains_the_adapters_on_an_fp8_base(tmp_path):
 
     from rlvr.grpo.trainer import GRPOTrainer
 
+    def bits(p: torch.Tensor) -> torch.Tensor:  # FP8 codes compared byte for byte
+        return p.detach().view(torch.uint8).clone() if p.dtype == torch.float8_e4m3fn else p.detach().clone()
+
     _, model, tok = _fp8_and_fp32_lora()
-    bits = lambda p: p.detach().view(torch.uint8).clone() if p.dtype == torch.float8_e4m3fn else p.detach().clone()  # noqa: E731
     before = {n: bits(p) for n, p in model.named_parameters()}
     cfg = args(tmp_path, max_steps=1, gradient_checkpointing=True, optim="adamw_torch")
     GRPOTrainer(model, tok, [char_score], dataset(8), cfg, show_progress=False).train()
