@@ -96,6 +96,11 @@ def char_score(prompts, completions, **kw):
     return [float(sum(map(ord, c[0]["content"])) % 7) for c in completions]
 
 
+def odd_prompts_char_score(prompts, completions, answer, **kw):
+    """char_score for odd-numbered prompts, 0 for even ones: filter_groups must draw more to fill a round."""
+    return [float(sum(map(ord, c[0]["content"])) % 7) if int(a) % 2 else 0.0 for c, a in zip(completions, answer)]
+
+
 def trainer_policy(full_weights: bool):
     from conftest import make_model, make_tokenizer
 
@@ -136,7 +141,8 @@ def grpo_trainer_run(ctx: DistContext, out_dir: str, grad_accum: int, full_weigh
 
 GRPO_VARIANTS = {"grpo": dict(loss_type="grpo"), "bnpo": dict(loss_type="bnpo"),
                  "dr_grpo": dict(loss_type="dr_grpo"), "dapo": dict(loss_type="dapo", beta=0.05),
-                 "gspo": dict(loss_type="dapo", importance_sampling_level="sequence")}
+                 "gspo": dict(loss_type="dapo", importance_sampling_level="sequence"),
+                 "filter_groups": dict(loss_type="dapo", filter_groups=True, reward=odd_prompts_char_score)}
 
 
 def sft_trainer_run(ctx: DistContext, out_dir: str, grad_accum: int) -> dict:

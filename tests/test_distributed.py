@@ -228,10 +228,10 @@ def one_rank(tmp_path_factory):
     return res
 
 
-@pytest.mark.parametrize("variant", ["grpo", "bnpo", "dr_grpo", "dapo", "gspo"])
+@pytest.mark.parametrize("variant", ["grpo", "bnpo", "dr_grpo", "dapo", "gspo", "filter_groups"])
 def test_grpo_on_two_ranks_equals_one_rank_with_accumulation(variant, two_ranks, one_rank):
     """LoRA, 2 ranks × GA 1 vs 1 process × GA 2, 3 steps of 2 iterations per round: the same adapter,
-    for each loss type (dapo with β·KL) and GSPO."""
+    for each loss type (dapo with β·KL), GSPO, and dynamic sampling (rounds drawn from several batches)."""
     from dist_workers import trainer_policy
 
     start = {k: v for k, v in trainer_policy(False)[0].state_dict().items() if "lora_" in k}

@@ -196,3 +196,21 @@ def test_eval_settings_are_refused_before_training(tmp_path):
     with pytest.raises(RlvrError, match="given nothing to evaluate"):
         SFTTrainer(lora_model(tok), tok, sft_data(), SFTConfig(output_dir=str(tmp_path / "b"), eval_strategy="steps"),
                    show_progress=False).train()
+
+
+def test_dpo_gets_evaluations_from_the_core_after_each_epoch(tmp_path):
+    """The preference trainers share the core: eval_strategy epoch evaluates after steps 2 and 4 of 8 pairs ×
+    2 epochs at 4 pairs a step (and the last step), and keeps best/."""
+    from rlvr.preference.config import DPOConfig
+    from rlvr.preference.trainer import PreferenceTrainer
+
+    tok = make_tokenizer()
+    data = [{"prompt": [{"role": "user", "content": f"say {i}"}], "chosen": f"{i}{i}", "rejected": f"{i + 1}x"}
+            for i in range(8)]
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), per_device_train_batch_size=4, num_train_epochs=2.0,
+                     learning_rate=1e-3, logging_steps=10, save_steps=100, eval_strategy="epoch")
+    evaluator = Scripted({2: 0.5, 4: 0.25})
+    PreferenceTrainer(lora_model(tok), tok, data, args, show_progress=False, evaluator=evaluator).train()
+    assert evaluator.calls == [2, 4]
+    assert [(r["step"], r["eval/accuracy"]) for r in rows(tmp_path / "dpo")] == [(2, 0.5), (4, 0.25)]
+    assert json.loads((tmp_path / "dpo" / "best" / "best_metric.json").read_text())["step"] == 2
