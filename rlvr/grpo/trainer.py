@@ -2,8 +2,10 @@
 
 Batch structure follows semantics §1: a round is generation_batch_size completions (G per prompt),
 split into steps_per_generation micro-batches and replayed num_iterations times; the optimizer
-steps every gradient_accumulation_steps micro-batches. The pure math lives in advantages.py and
-objective.py; this file only moves tensors between them.
+steps every gradient_accumulation_steps micro-batches. A round is one generation batch of prompts,
+or with filter_groups the groups with reward variance of as many batches as it takes (dynamic_sampling.py).
+The pure math lives in advantages.py, dynamic_sampling.py and objective.py; this file only moves tensors
+between them.
 """
 
 from __future__ import annotations
